@@ -1,0 +1,46 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXPORTER_VENV := .venv-exporter
+
+.PHONY: run test bench demo lint typecheck install exporter lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The celery-exporter pins old redis/prometheus-client releases: it lives in its own venv.
+$(EXPORTER_VENV)/bin/celery-exporter:
+	$(PYTHON) -m venv $(EXPORTER_VENV)
+	$(EXPORTER_VENV)/bin/python -m pip install --quiet -r deploy/exporter-requirements.txt
+
+exporter: $(EXPORTER_VENV)/bin/celery-exporter
+
+run: $(STAMP)
+	-$(MAKE) --no-print-directory exporter
+	$(BIN)/ops-workers run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+demo: $(STAMP)
+	$(BIN)/python -m bench.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check workers tests bench beat_schedule.py
+	$(BIN)/mypy
+
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+clean:
+	rm -rf $(VENV) $(EXPORTER_VENV) var

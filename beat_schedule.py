@@ -1,0 +1,28 @@
+"""The beat schedule, as data: entry name -> task wire name + crontab. Times come from ScheduleSettings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.schedules import crontab
+
+from workers.settings import ScheduleSettings
+
+
+def cron(expression: str) -> crontab:
+    """'m h dom mon dow' -> crontab (UTC, the app's timezone)."""
+    minute, hour, day_of_month, month, day_of_week = expression.split()
+    return crontab(
+        minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month, day_of_week=day_of_week
+    )
+
+
+def build_beat_schedule(schedule: ScheduleSettings) -> dict[str, dict[str, Any]]:
+    """Every periodic job. Tasks are named by wire name, so the scheduler never imports task code."""
+    return {
+        "ops-check-hourly": {
+            "task": "ops.check",
+            "schedule": cron("17 * * * *"),
+            "options": {"queue": "default", "expires": 3000},
+        },
+    }

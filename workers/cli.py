@@ -1,0 +1,215 @@
+"""The `ops-workers` command: operators' entry point. Commands call the same functions the tasks call."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import NoReturn
+
+import click
+
+from workers import __version__
+from workers.checks import run_probes
+from workers.demo import SeedSize, seed
+from workers.embedded import Embedded, embedded_environment
+from workers.errors import ConfigError, UsageError, WorkersError
+from workers.logs import configure_logging
+from workers.processes import (
+    ProcessSpec,
+    beat_argv,
+    exec_process,
+    fresh_metrics_dir,
+    python_module_argv,
+    supervise,
+    worker_argv,
+)
+from workers.settings import Bind, Settings, get_settings, parse_postgres_url
+from workers.state.db import create_state_engine, current_revision, upgrade
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the operation ran and failed, or a service is unreachable
+EXIT_CONFIG = 2  # settings or arguments invalid; nothing was attempted
+
+
+def settings_or_exit() -> Settings:
+    """Settings, or every configuration problem printed and exit EXIT_CONFIG."""
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def echo_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ops-workers")
+def cli() -> None:
+    """Operations workers: backups, restore drills and alert-driven incident response."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def check(as_json: bool) -> None:
+    """Validate every setting, then probe each service. Exit 0 all good, 2 bad settings, 1 a service down."""
+    settings = settings_or_exit()
+    results = run_probes(settings)
+    if as_json:
+        echo_json([r.to_json() for r in results])
+    else:
+        click.echo("settings: ok")
+        for result in results:
+            click.echo(f"{result.service}: {'ok' if result.ok else 'FAILED'} - {result.detail}")
+    if not all(r.ok for r in results):
+        sys.exit(EXIT_FAILED)
+
+
+@cli.group()
+def db() -> None:
+    """The state database (incidents, audit trail, verification records)."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations."""
+    settings = settings_or_exit()
+    click.echo(f"state database at revision {upgrade(create_state_engine(settings.state_database_url.value))}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the schema revision the state database is at."""
+    settings = settings_or_exit()
+    click.echo(current_revision(create_state_engine(settings.state_database_url.value)) or "empty")
+
+
+@cli.group()
+def demo() -> None:
+    """The demo platform database."""
+
+
+@demo.command("seed")
+@click.option("--database-url", help="Target database (default: OPS_DATABASE_URL).")
+@click.option("--organizations", default=SeedSize.organizations, show_default=True, type=click.IntRange(1))
+@click.option("--molecules-per-org", default=SeedSize.molecules_per_org, show_default=True, type=click.IntRange(1))
+@click.option("--results-per-job", default=SeedSize.results_per_job, show_default=True, type=click.IntRange(0))
+@click.option("--reset", is_flag=True, help="Drop and recreate the database first.")
+def demo_seed(
+    database_url: str | None, organizations: int, molecules_per_org: int, results_per_job: int, reset: bool
+) -> None:
+    """Create the demo platform database (organizations, molecules, pipelines, docking jobs, results)."""
+    settings = settings_or_exit()
+    try:
+        target = parse_postgres_url(database_url) if database_url else settings.platform_database()
+    except ValueError as exc:
+        raise UsageError(f"--database-url {exc}") from None
+    size = SeedSize(
+        organizations=organizations, molecules_per_org=molecules_per_org, results_per_job=results_per_job
+    )
+    result = seed(target, size, reset=reset)
+    state = "seeded" if result.created else "already seeded"
+    click.echo(f"{result.database}: {state}; " + ", ".join(f"{t}={n}" for t, n in result.rows.items()))
+
+
+@cli.command()
+@click.option("-Q", "--queues", default="incidents,backups,default", show_default=True)
+@click.option("-c", "--concurrency", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--hostname", default=None, help="Celery node name (default: QUEUE@host).")
+@click.option("--metrics-bind", default=None, help="HOST:PORT for /metrics (default: OPS_METRICS_BIND).")
+def worker(queues: str, concurrency: int, hostname: str | None, metrics_bind: str | None) -> None:
+    """Run a Celery worker consuming QUEUES (the backups queue wants -c 1)."""
+    settings = settings_or_exit()
+    env = worker_env(settings, queues.split(",")[0], metrics_bind)
+    exec_process(worker_argv(queues, concurrency, hostname or f"{queues.split(',')[0]}@%h", settings.log_level), env)
+
+
+def worker_env(settings: Settings, name: str, metrics_bind: str | None) -> dict[str, str]:
+    metrics_dir = fresh_metrics_dir(settings.var_dir / "metrics" / name)
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    if metrics_bind:
+        env["OPS_METRICS_BIND"] = metrics_bind
+    return env
+
+
+@cli.command()
+def beat() -> None:
+    """Run the scheduler. Run exactly one; a second one waits on the Redis lock and takes over if the first dies."""
+    settings = settings_or_exit()
+    exec_process(beat_argv(settings.log_level), {})
+
+
+@cli.command()
+def flower() -> None:
+    """Run Celery Flower on OPS_FLOWER_BIND; basic auth (OPS_FLOWER_BASIC_AUTH) is required off loopback."""
+    settings = settings_or_exit()
+    bind = settings.flower.bind
+    if settings.flower.basic_auth is None and not bind.is_loopback:
+        raise UsageError(f"OPS_FLOWER_BASIC_AUTH must be set to serve Flower on {bind} (not loopback)")
+    # Flower reads FLOWER_* variables; the credentials go there, never into argv.
+    env = {"FLOWER_BASIC_AUTH": settings.flower.basic_auth.value} if settings.flower.basic_auth else {}
+    argv = python_module_argv(
+        "celery", "-A", "workers.app", "flower", f"--address={bind.host}", f"--port={bind.port}"
+    )
+    exec_process(argv, env)
+
+
+@cli.command()
+@click.option("--embedded/--no-embedded", default=True, show_default=True,
+              help="Start a Redis server and seed a demo database when none is configured.")  # fmt: skip
+def run(embedded: bool) -> None:
+    """Start the receiver, both workers, beat and the exporter in one terminal; Ctrl-C stops them all."""
+    settings = settings_or_exit()
+    extra = Embedded()
+    if embedded:
+        extra = embedded_environment(settings, echo=lambda line: click.echo(f"run | {line}"))
+    specs = [*extra.specs, *process_specs(settings, extra.env)]
+    sys.exit(supervise(specs, sys.stdout))
+
+
+def process_specs(settings: Settings, base_env: dict[str, str]) -> list[ProcessSpec]:
+    """The processes `run` supervises, each with its own metrics port and multiprocess directory."""
+    metrics = settings.metrics_bind
+    incidents_bind = Bind(metrics.host, metrics.port)
+    backups_bind = Bind(metrics.host, metrics.port + 1 if metrics.port else 0)
+    level = settings.log_level
+    return [
+        ProcessSpec(
+            "worker-incidents",
+            worker_argv("incidents,default", 4, "incidents@%h", level),
+            {**base_env, **worker_env(settings, "incidents", str(incidents_bind))},
+            listens=f"metrics http://{incidents_bind}/metrics",
+        ),
+        ProcessSpec(
+            "worker-backups",
+            worker_argv("backups", 1, "backups@%h", level),
+            {**base_env, **worker_env(settings, "backups", str(backups_bind))},
+            listens=f"metrics http://{backups_bind}/metrics",
+        ),
+        ProcessSpec("beat", beat_argv(level), base_env),
+    ]
+
+
+def main() -> NoReturn:
+    """Console entry point: our errors become one line on stderr and a named exit code."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_CONFIG)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+    except UsageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    except WorkersError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_OK)

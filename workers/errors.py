@@ -1,0 +1,70 @@
+"""Every error this package raises on purpose; one hierarchy, named for what happened."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class WorkersError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class ConfigError(WorkersError):
+    """Settings are missing or invalid. Raised at startup; lists every problem at once."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class UsageError(WorkersError):
+    """An operator asked for something that can never work as given (bad id, bad target)."""
+
+
+class ServiceUnavailable(WorkersError):
+    """A service we depend on could not be reached. Safe to retry."""
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """PostgreSQL (platform or state database) could not be reached or the connection dropped."""
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """The Redis broker could not be reached."""
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The backup store could not be reached. Safe to retry."""
+
+
+class CommandError(WorkersError):
+    """A child process (pg_dump, pg_restore, psql, an allow-listed command) did not succeed."""
+
+
+class CommandNotFound(CommandError):
+    def __init__(self, program: str) -> None:
+        super().__init__(f"{program} not found on PATH; install it (e.g. the postgresql-client package)")
+        self.program = program
+
+
+class CommandFailed(CommandError):
+    def __init__(self, program: str, returncode: int, stderr_tail: str) -> None:
+        super().__init__(f"{program} exited with {returncode}: {stderr_tail}".rstrip(": "))
+        self.program = program
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class CommandTimedOut(CommandError):
+    def __init__(self, program: str, timeout_s: float) -> None:
+        super().__init__(f"{program} did not finish within {timeout_s:g}s and was killed")
+        self.program = program
+        self.timeout_s = timeout_s
+
+
+class AlreadyRunning(WorkersError):
+    """Work that must not overlap is already running elsewhere; nothing was done."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} is already running; nothing was done")
+        self.what = what

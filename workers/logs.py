@@ -1,0 +1,113 @@
+"""Structured logging: the JSON formatter, log_context() and configure_logging()."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+_context: ContextVar[Mapping[str, object]] = ContextVar("log_context", default={})
+_HANDLER_NAME = "ops-workers"
+_CONTEXT_ATTR = "ops_context"
+_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", _CONTEXT_ATTR}
+
+
+@contextmanager
+def log_context(**fields: object) -> Iterator[None]:
+    """Add fields to every log record emitted inside the block (and in tasks it enqueues)."""
+    token = _context.set({**_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def current_context() -> Mapping[str, object]:
+    return _context.get()
+
+
+def bind_context(**fields: object) -> object:
+    """Bind fields until unbind_context(token); for signal pairs such as task_prerun/postrun."""
+    return _context.set({**_context.get(), **fields})
+
+
+def unbind_context(token: object) -> None:
+    _context.reset(token)  # type: ignore[arg-type]
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    # The context is stamped on the record when it is made (see _stamp_context), because a
+    # handler may format it later, outside the block that bound it.
+    stamped = getattr(record, _CONTEXT_ATTR, None)
+    return {
+        **(stamped if stamped is not None else _context.get()),
+        **{k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")},
+    }
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, event, the bound context and the record's extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Readable lines for a terminal: time level logger event key=value ..."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
+        pairs = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()} {pairs}".rstrip()
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _install_context_stamp() -> None:
+    base = logging.getLogRecordFactory()
+    if getattr(base, "stamps_ops_context", False):
+        return
+
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        setattr(record, _CONTEXT_ATTR, _context.get())
+        return record
+
+    make_record.stamps_ops_context = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make_record)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Send every logger (ours, Celery's, uvicorn's) through one stderr handler. Called by entry points."""
+    _install_context_stamp()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.set_name(_HANDLER_NAME)
+    root = logging.getLogger()
+    # Replace only our own handler, so calling this twice (CLI, then Celery's signal) doesn't double lines.
+    for existing in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in ("celery", "kombu", "uvicorn", "uvicorn.error", "uvicorn.access", "alembic"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    # boto's debug output includes request signatures; keep it quiet even at DEBUG.
+    for name in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))

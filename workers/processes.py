@@ -1,0 +1,156 @@
+"""How each long-running process is launched (argv + environment), and the supervisor behind `ops-workers run`.
+
+This is an entry-point module: it hands environment variables to child processes, so it may touch os.environ.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 30.0  # how long a child gets to finish after SIGTERM before SIGKILL
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    listens: str | None = None
+
+
+def python_module_argv(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", *args)
+
+
+def worker_argv(queues: str, concurrency: int, hostname: str, loglevel: str) -> tuple[str, ...]:
+    return python_module_argv(
+        "celery", "-A", "workers.app", "worker",
+        "-Q", queues, "-c", str(concurrency), "--hostname", hostname,
+        "--loglevel", loglevel, "--without-mingle", "-E",
+    )  # fmt: skip
+
+
+def beat_argv(loglevel: str) -> tuple[str, ...]:
+    return python_module_argv("celery", "-A", "workers.app", "beat", "--loglevel", loglevel)
+
+
+def fresh_metrics_dir(path: Path) -> Path:
+    """Empty the multiprocess metrics directory; stale files from a previous run would add old samples."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def exec_process(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Replace this process with argv, so signals reach it directly (used by `ops-workers worker` etc.)."""
+    os.execve(argv[0], list(argv), {**os.environ, **env})
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM if the supervisor dies, even by SIGKILL, so nothing is orphaned.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+    os.setpgrp()
+
+
+class Supervisor:
+    """Start children, prefix their output, stop them all on SIGTERM/SIGINT or when one dies."""
+
+    def __init__(self, specs: Sequence[ProcessSpec], out: IO[str]) -> None:
+        self.specs = specs
+        self.out = out
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._width = max(len(s.name) for s in specs)
+
+    def _emit(self, name: str, line: str) -> None:
+        with self._lock:
+            self.out.write(f"{name:<{self._width}} | {line}\n")
+            self.out.flush()
+
+    def _pump(self, name: str, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            self._emit(name, raw.decode("utf-8", "replace").rstrip("\n"))
+        stream.close()
+
+    def start(self) -> None:
+        for spec in self.specs:
+            proc = subprocess.Popen(
+                list(spec.argv),
+                env={**os.environ, **spec.env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+            self.procs[spec.name] = proc
+            assert proc.stdout is not None
+            threading.Thread(target=self._pump, args=(spec.name, proc.stdout), daemon=True).start()
+            where = f" listening on {spec.listens}" if spec.listens else ""
+            self._emit("run", f"started {spec.name} (pid {proc.pid}){where}")
+
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def wait(self) -> int:
+        """Block until a stop is requested or a child exits; stop the rest; 0 only if none died on its own."""
+        died: str | None = None
+        while not self._stop.is_set() and died is None:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    died = name
+                    self._emit("run", f"{name} exited with {proc.returncode}; stopping the others")
+                    break
+            self._stop.wait(0.2)
+        self.stop_all()
+        return 1 if died is not None else 0
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._emit("run", f"{name} did not stop within {STOP_GRACE_S:g}s; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._emit("run", "all processes stopped")
+
+
+def supervise(specs: Sequence[ProcessSpec], out: IO[str]) -> int:
+    """Run specs until SIGTERM/SIGINT or until one of them exits; return the exit status for `run`."""
+    supervisor = Supervisor(specs, out)
+    previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        supervisor.start()
+        return supervisor.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def environ_value(name: str) -> str | None:
+    """One variable of this process's environment, for deciding embedded defaults in `run`."""
+    return os.environ.get(name)

@@ -1,0 +1,112 @@
+"""The state database: engine creation and schema migrations (Alembic), shared by every process."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from workers.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any constant works; it only has to be the same in every process that migrates this schema.
+_MIGRATION_LOCK_ID = 0x6F7073  # "ops"
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_state_engine(url: str) -> Engine:
+    """An engine for the state database; SQLite gets WAL and a busy timeout so processes can share it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5}
+    )
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Serialise migrations across processes starting at once (receiver, workers, beat)."""
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database or ":memory:"
+        lock_path = Path(database + ".migrate.lock") if database != ":memory:" else None
+        if lock_path is None:
+            yield
+            return
+        with lock_path.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            conn.commit()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def upgrade(engine: Engine) -> str | None:
+    """Apply every pending migration; return the revision the database is now at.
+
+    Raises:
+        DatabaseUnavailable: the state database could not be reached.
+    """
+    try:
+        with _migration_lock(engine), engine.begin() as conn:
+            config = _alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+        revision = current_revision(engine)
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"state database {redact(str(engine.url))} unreachable: {exc.orig}") from exc
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(f"state database {redact(str(engine.url))} migration failed: {exc}") from exc
+    log.info("state database migrated", extra={"revision": revision})
+    return revision
