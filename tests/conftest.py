@@ -16,7 +16,7 @@ from celery.contrib.testing.worker import TestWorkController, start_worker
 from psycopg import sql
 
 from workers.app import create_app
-from workers.settings import PostgresTarget, Settings, get_settings, load_settings, parse_postgres_url
+from workers.settings import PostgresTarget, Settings, get_settings, parse_postgres_url
 
 IN_CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parent.parent

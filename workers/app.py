@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from beat_schedule import build_beat_schedule
 from workers import hooks
@@ -47,13 +47,14 @@ def create_app(settings: Settings, *, name: str = "workers") -> Celery:
             "queue_order_strategy": "priority",
         },
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
-        task_queues=[Queue(name, routing_key=name) for name in QUEUES],
+        task_queues=[Queue(name, routing_key=name) for name in QUEUES],  # type: ignore[no-untyped-call]
         task_default_queue="default",
         task_routes={"backup.*": {"queue": "backups"}, "incidents.*": {"queue": "incidents"}},
         beat_schedule=build_beat_schedule(settings.schedule),
         beat_scheduler="redbeat.RedBeatScheduler",
         redbeat_redis_url=broker_url,
         redbeat_key_prefix="redbeat",
+        redbeat_redis_options={"retry_period": 60},
         # A second beat waits on this lock and takes over within this many seconds if the first dies.
         redbeat_lock_timeout=60,
         beat_max_loop_interval=5,

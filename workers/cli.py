@@ -94,9 +94,9 @@ def demo() -> None:
 
 @demo.command("seed")
 @click.option("--database-url", help="Target database (default: OPS_DATABASE_URL).")
-@click.option("--organizations", default=SeedSize.organizations, show_default=True, type=click.IntRange(1))
-@click.option("--molecules-per-org", default=SeedSize.molecules_per_org, show_default=True, type=click.IntRange(1))
-@click.option("--results-per-job", default=SeedSize.results_per_job, show_default=True, type=click.IntRange(0))
+@click.option("--organizations", default=SeedSize().organizations, show_default=True, type=click.IntRange(1))
+@click.option("--molecules-per-org", default=SeedSize().molecules_per_org, show_default=True, type=click.IntRange(1))
+@click.option("--results-per-job", default=SeedSize().results_per_job, show_default=True, type=click.IntRange(0))
 @click.option("--reset", is_flag=True, help="Drop and recreate the database first.")
 def demo_seed(
     database_url: str | None, organizations: int, molecules_per_org: int, results_per_job: int, reset: bool

@@ -187,9 +187,10 @@ def seed(target: PostgresTarget, size: SeedSize, *, reset: bool = False) -> Seed
             has_schema = conn.execute("SELECT to_regclass('public.organizations') IS NOT NULL").fetchone()
             if has_schema and has_schema[0]:
                 return SeedResult(target.dbname, created, count_rows(conn))
-            if not created and conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() != (0,):
+            tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+            if not created and tables != (0,):
                 raise UsageError(f"database {target.dbname} exists and is not the demo database; use another name")
-            conn.execute(SCHEMA)  # type: ignore[arg-type]
+            conn.execute(SCHEMA)
             params = {
                 "orgs": size.organizations,
                 "molecules": size.molecules_per_org,
@@ -200,7 +201,7 @@ def seed(target: PostgresTarget, size: SeedSize, *, reset: bool = False) -> Seed
                 "smiles_count": len(SMILES),
             }
             for statement in STATEMENTS:
-                conn.execute(statement, params)  # type: ignore[arg-type]
+                conn.execute(statement, params)
             conn.execute("ANALYZE")
             rows = count_rows(conn)
     except psycopg.OperationalError as exc:

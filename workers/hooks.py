@@ -79,7 +79,7 @@ def _worker_ready(sender: Any = None, **_: Any) -> None:
 
 def _child_exited(pid: int | None = None, **_: Any) -> None:
     if pid is not None and get_settings().metrics_dir is not None:
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _beat_sent(**_: Any) -> None:

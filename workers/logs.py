@@ -9,9 +9,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
-_context: ContextVar[Mapping[str, object]] = ContextVar("log_context", default={})
+_EMPTY: Mapping[str, object] = MappingProxyType({})
+_context: ContextVar[Mapping[str, object]] = ContextVar("log_context", default=_EMPTY)
 _HANDLER_NAME = "ops-workers"
 _CONTEXT_ATTR = "ops_context"
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", _CONTEXT_ATTR}

@@ -39,7 +39,7 @@ def registry_for(metrics_dir: Path | None) -> CollectorRegistry | None:
     if metrics_dir is None:
         return None
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(metrics_dir))
+    MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
     return registry
 
 

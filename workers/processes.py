@@ -5,6 +5,7 @@ This is an entry-point module: it hands environment variables to child processes
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -64,10 +65,8 @@ def exec_process(argv: Sequence[str], env: Mapping[str, str]) -> None:
 
 def _die_with_parent() -> None:
     # Linux: the child gets SIGTERM if the supervisor dies, even by SIGKILL, so nothing is orphaned.
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
     os.setpgrp()
 
 

@@ -8,9 +8,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
-
-from typing import TypeVar
 
 from dotenv import dotenv_values
 
@@ -63,9 +62,9 @@ class PostgresTarget:
     def with_dbname(self, dbname: str) -> PostgresTarget:
         return replace(self, dbname=dbname)
 
-    def conninfo(self) -> dict[str, str]:
+    def conninfo(self) -> dict[str, Any]:
         """Keyword arguments for psycopg.connect(); holds the password, never log it."""
-        params = {"host": self.host, "port": str(self.port), "user": self.user, "dbname": self.dbname}
+        params: dict[str, Any] = {"host": self.host, "port": str(self.port), "user": self.user, "dbname": self.dbname}
         if self.password is not None:
             params["password"] = self.password.value
         if self.sslmode:
@@ -484,7 +483,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
 def environment() -> dict[str, str]:
     """The process environment over the values of ./.env (the environment wins)."""
-    merged = {k: v for k, v in dotenv_values(".env").items() if v is not None} if Path(".env").is_file() else {}
+    merged: dict[str, str] = {}
+    if Path(".env").is_file():
+        merged = {k: v for k, v in dotenv_values(".env").items() if v is not None}
     merged.update(os.environ)
     return merged
 

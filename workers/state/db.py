@@ -105,8 +105,10 @@ def upgrade(engine: Engine) -> str | None:
             command.upgrade(config, "head")
         revision = current_revision(engine)
     except OperationalError as exc:
-        raise DatabaseUnavailable(f"state database {redact(str(engine.url))} unreachable: {exc.orig}") from exc
+        where = redact(str(engine.url))
+        raise DatabaseUnavailable(f"state database {where} unreachable: {exc.orig}") from exc
     except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(f"state database {redact(str(engine.url))} migration failed: {exc}") from exc
+        where = redact(str(engine.url))
+        raise DatabaseUnavailable(f"state database {where} migration failed: {exc}") from exc
     log.info("state database migrated", extra={"revision": revision})
     return revision

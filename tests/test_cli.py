@@ -1,0 +1,78 @@
+"""`ops-workers check` and friends as an operator runs them: real processes, real exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import subprocess_env
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ops(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers", *args],
+        env=subprocess_env(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_check_exits_0_when_every_service_answers(base_env: dict[str, str], pg_admin: object) -> None:
+    env = {**base_env, "OPS_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres"}
+    result = ops(env, "check")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "broker: ok" in result.stdout
+    assert "platform database: ok" in result.stdout
+    assert "backup store: ok" in result.stdout
+
+
+def test_check_exits_1_naming_the_unreachable_service(base_env: dict[str, str]) -> None:
+    env = {
+        **base_env,
+        "OPS_BROKER_URL": "redis://127.0.0.1:1/0",
+        "OPS_DATABASE_URL": "postgresql://nobody:pw-never-shown@127.0.0.1:1/platform",
+    }
+    result = ops(env, "check")
+
+    assert result.returncode == 1
+    assert "broker: FAILED" in result.stdout
+    assert "platform database: FAILED" in result.stdout
+    assert "pw-never-shown" not in result.stdout + result.stderr
+
+
+def test_check_exits_2_listing_every_bad_setting_and_probes_nothing(base_env: dict[str, str]) -> None:
+    env = {**base_env, "OPS_LOG_LEVEL": "LOUD", "OPS_RECEIVER_BIND": "nowhere", "OPS_BROKER_URL": "redis://127.0.0.1:1/0"}
+    result = ops(env, "check")
+
+    assert result.returncode == 2
+    assert "OPS_LOG_LEVEL" in result.stderr and "OPS_RECEIVER_BIND" in result.stderr
+    assert "broker" not in result.stdout
+
+
+def test_db_upgrade_migrates_the_state_database(base_env: dict[str, str]) -> None:
+    result = ops(base_env, "db", "upgrade")
+
+    assert result.returncode == 0, result.stderr
+    assert "state database at revision" in result.stdout
+    assert ops(base_env, "db", "current").stdout.strip() not in ("", "empty")
+
+
+def test_demo_seed_creates_the_platform_schema_with_rows(base_env: dict[str, str], pg: pytest.FixtureRequest) -> None:
+    target = pg.create_database()  # type: ignore[attr-defined]
+    url = f"postgresql://postgres@127.0.0.1:5432/{target.dbname}"
+    # An empty database that is not the demo one: seed refuses nothing (it is empty), fills it.
+    result = ops(base_env, "demo", "seed", "--database-url", url, "--organizations", "2", "--molecules-per-org", "10")
+
+    assert result.returncode == 0, result.stderr
+    assert "organizations=2" in result.stdout and "molecules=20" in result.stdout
+    again = ops(base_env, "demo", "seed", "--database-url", url)
+    assert "already seeded" in again.stdout
+    assert pg.scalar(target, "select count(distinct organization_id) from job_results") == 2  # type: ignore[attr-defined]

@@ -1,0 +1,105 @@
+"""Settings: defaults, every bad value named with its variable, secrets never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workers.errors import ConfigError
+from workers.settings import KNOWN_VARIABLES, Secret, load_settings, parse_postgres_url
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_need_no_configuration() -> None:
+    settings = load_settings({})
+
+    assert settings.broker_url.value == "redis://127.0.0.1:6379/0"
+    assert settings.database is None
+    assert settings.state_database_url.value.startswith("sqlite:///")
+    assert settings.backup.store.startswith("file:///")
+    assert str(settings.receiver.bind) == "127.0.0.1:8080"
+    assert str(settings.metrics_bind) == "127.0.0.1:9540"
+    assert (settings.log_level, settings.log_format) == ("INFO", "json")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("OPS_BROKER_URL", "amqp://guest@localhost//", "OPS_BROKER_URL: must be a redis:// URL"),
+        ("OPS_DATABASE_URL", "mysql://db/x", "OPS_DATABASE_URL: must start with postgresql://"),
+        ("OPS_DATABASE_URL", "postgresql://host:5432/", "OPS_DATABASE_URL: must name a database"),
+        ("OPS_STATE_DATABASE_URL", "redis://x", "OPS_STATE_DATABASE_URL: must be sqlite:///PATH or postgresql://"),
+        ("OPS_BACKUP_STORE", "ftp://x", "OPS_BACKUP_STORE: must be file://DIR or s3://BUCKET/PREFIX"),
+        ("OPS_BACKUP_STORE", "s3://", "OPS_BACKUP_STORE: s3:// must name a bucket"),
+        ("OPS_RECEIVER_BIND", "8080", "OPS_RECEIVER_BIND: must be HOST:PORT"),
+        ("OPS_METRICS_BIND", "127.0.0.1:99999", "OPS_METRICS_BIND: port must be between 0 and 65535"),
+        ("OPS_LOG_LEVEL", "LOUD", "OPS_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("OPS_LOG_FORMAT", "xml", "OPS_LOG_FORMAT: must be one of json, console"),
+        ("OPS_BACKUP_KEEP_MIN", "0", "OPS_BACKUP_KEEP_MIN: must be at least 1"),
+        ("OPS_BACKUP_RETENTION_DAYS", "thirty", "OPS_BACKUP_RETENTION_DAYS: must be a whole number"),
+        ("OPS_BACKUP_DUMP_TIMEOUT_S", "soon", "OPS_BACKUP_DUMP_TIMEOUT_S: must be a number of seconds"),
+        ("OPS_SCHEDULE_BACKUP_FULL", "daily", "OPS_SCHEDULE_BACKUP_FULL: must be a crontab expression"),
+        ("OPS_RECEIVER_ALLOW_NO_AUTH", "maybe", "OPS_RECEIVER_ALLOW_NO_AUTH: must be one of 1/0"),
+        ("OPS_RECEIVER_BASIC_AUTH", "justauser", "OPS_RECEIVER_BASIC_AUTH: must be USER:PASSWORD"),
+        ("OPS_S3_SSE", "rot13", "OPS_S3_SSE: must be one of AES256, AWS:KMS, NONE"),
+        ("OPS_S3_SSE", "aws:kms", "OPS_S3_KMS_KEY_ID: required when OPS_S3_SSE=aws:kms"),
+        ("OPS_TENANT_COLUMN", "org_id; drop table x", "OPS_TENANT_COLUMN: must be a plain column name"),
+        ("OPS_TENANT_ID_PATTERN", "([", "OPS_TENANT_ID_PATTERN: is not a valid regular expression"),
+        ("OPS_BROKR_URL", "redis://x", "OPS_BROKR_URL: unknown setting (a typo?)"),
+    ],
+)
+def test_each_bad_setting_is_named_with_what_is_wrong(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({name: value})
+
+    assert any(problem.startswith(message) for problem in caught.value.problems), caught.value.problems
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"OPS_LOG_LEVEL": "LOUD", "OPS_METRICS_BIND": "x", "OPS_BACKUP_KEEP_MIN": "-1"})
+
+    assert len(caught.value.problems) == 3
+
+
+def test_a_password_in_a_bad_url_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"OPS_DATABASE_URL": "mysql://admin:hunter2@db/x", "OPS_RECEIVER_TOKEN": "t0k3n"})
+
+    assert "hunter2" not in str(caught.value)
+
+
+def test_secrets_do_not_show_in_repr() -> None:
+    settings = load_settings(
+        {
+            "OPS_DATABASE_URL": "postgresql://app:s3cret@db.internal:5433/platform",
+            "OPS_RECEIVER_TOKEN": "tok-123",
+            "OPS_BROKER_URL": "redis://:brokerpw@redis:6379/0",
+        }
+    )
+
+    shown = repr(settings)
+    assert "s3cret" not in shown and "tok-123" not in shown and "brokerpw" not in shown
+    assert repr(Secret("x")) == "Secret('***')"
+
+
+def test_postgres_url_keeps_the_password_out_of_display_and_in_the_child_environment() -> None:
+    target = parse_postgres_url("postgresql://app:p%40ss@db.internal:5433/platform?sslmode=require")
+
+    assert (target.host, target.port, target.user, target.dbname) == ("db.internal", 5433, "app", "platform")
+    assert target.redacted() == "postgresql://app:***@db.internal:5433/platform"
+    assert target.child_env()["PGPASSWORD"] == "p@ss"
+    assert target.child_env()["PGSSLMODE"] == "require"
+
+
+def test_the_readme_settings_table_lists_exactly_the_known_variables() -> None:
+    readme = (REPO / "README.md").read_text()
+    table_names = {
+        line.split("`")[1]
+        for line in readme.splitlines()
+        if line.startswith("| `OPS_") and line.count("`") >= 2
+    }
+
+    assert table_names == set(KNOWN_VARIABLES)
