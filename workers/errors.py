@@ -68,3 +68,53 @@ class AlreadyRunning(WorkersError):
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} is already running; nothing was done")
         self.what = what
+
+
+class DatabaseAuthenticationFailed(WorkersError):
+    """PostgreSQL refused our credentials (or the role/database does not exist). Retrying won't help."""
+
+
+class StorageFull(WorkersError):
+    """The backup store ran out of space; nothing was published."""
+
+
+class BackupNotFound(UsageError):
+    """No backup with this id exists in the store (a backup without a manifest does not exist)."""
+
+    def __init__(self, backup_id: str) -> None:
+        super().__init__(f"no backup with id {backup_id!r} in the store")
+        self.backup_id = backup_id
+
+
+class InvalidOrganizationId(UsageError):
+    """An organization id does not match OPS_TENANT_ID_PATTERN; nothing was read or stored."""
+
+
+class ChecksumMismatch(WorkersError):
+    """A stored object's bytes do not match its manifest's SHA-256; nothing was restored."""
+
+    def __init__(self, key: str, expected: str, actual: str) -> None:
+        super().__init__(f"{key}: checksum mismatch (manifest sha256 {expected}, object {actual}); nothing restored")
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class RestoreRefused(UsageError):
+    """A restore target is the source database or is not empty, and --force was not given."""
+
+
+class StorageRefused(WorkersError):
+    """The backup store rejected the request (access denied, no such bucket, bad request). Retrying won't help."""
+
+
+class ObjectNotFound(WorkersError):
+    """A key the caller expected is not in the backup store."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key}: not found in the backup store")
+        self.key = key
+
+
+class CorruptBackup(WorkersError):
+    """A stored backup cannot be decoded although its checksum matches (a bug or a foreign object)."""

@@ -126,6 +126,7 @@ class BackupSettings:
     keep_min: int
     orphan_grace_s: float
     verify_org_sample: int
+    pg_bin_dir: Path | None = None  # where pg_dump/pg_restore live; None: found on PATH
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +333,13 @@ def _store_url(raw: str) -> str:
     raise ValueError("must be file://DIR or s3://BUCKET/PREFIX")
 
 
+def _directory(raw: str) -> Path | None:
+    path = Path(raw).expanduser().absolute()
+    if not path.is_dir():
+        raise ValueError("must be an existing directory holding pg_dump and pg_restore")
+    return path
+
+
 def _sqlalchemy_url(raw: str) -> Secret:
     if raw.startswith("sqlite:///") or raw.startswith(("postgresql://", "postgresql+psycopg://")):
         if raw.startswith("postgresql://"):
@@ -416,6 +424,7 @@ def _read_backup(r: _Reader) -> BackupSettings:
         keep_min=r.integer("OPS_BACKUP_KEEP_MIN", 3, minimum=1),
         orphan_grace_s=r.seconds("OPS_BACKUP_ORPHAN_GRACE_S", 86400.0),
         verify_org_sample=r.integer("OPS_BACKUP_VERIFY_ORG_SAMPLE", 3),
+        pg_bin_dir=r._convert("OPS_PG_BIN_DIR", None, _directory),
     )
 
 
@@ -540,6 +549,7 @@ KNOWN_VARIABLES = frozenset(
         "OPS_BACKUP_KEEP_MIN",
         "OPS_BACKUP_ORPHAN_GRACE_S",
         "OPS_BACKUP_VERIFY_ORG_SAMPLE",
+        "OPS_PG_BIN_DIR",
         "OPS_RECEIVER_BIND",
         "OPS_RECEIVER_TOKEN",
         "OPS_RECEIVER_BASIC_AUTH",

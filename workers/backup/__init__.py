@@ -1,0 +1,1 @@
+"""Backups of the platform database: full (pg_dump) and per organization (COPY), streamed into a store."""

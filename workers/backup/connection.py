@@ -1,0 +1,52 @@
+"""Connections to the platform's PostgreSQL, with connection errors translated into ours."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from workers.errors import DatabaseAuthenticationFailed, DatabaseUnavailable
+from workers.settings import PostgresTarget
+
+CONNECT_TIMEOUT_S = 10
+APPLICATION_NAME = "ops-workers-backup"
+# libpq phrases that mean "these credentials or names are wrong": retrying cannot help.
+_PERMANENT = (
+    "password authentication failed",
+    "no password supplied",
+    "authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+)
+
+
+def connection_error(target: PostgresTarget, exc: psycopg.Error) -> Exception:
+    """Our error for a failed connection or a dropped one; the message never holds the password."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return DatabaseUnavailable(f"{target.redacted()}: {text} (a lock is held, e.g. by DDL; retry later)")
+    if any(phrase in text for phrase in _PERMANENT):
+        return DatabaseAuthenticationFailed(f"{target.redacted()}: {text}")
+    return DatabaseUnavailable(f"{target.redacted()} unreachable: {text}")
+
+
+def connect(target: PostgresTarget, *, autocommit: bool = False, **options: Any) -> psycopg.Connection[Any]:
+    """A connection to target.
+
+    Raises:
+        DatabaseUnavailable: the server cannot be reached (safe to retry).
+        DatabaseAuthenticationFailed: credentials, role or database rejected (not worth retrying).
+    """
+    try:
+        return psycopg.connect(
+            make_conninfo("", **target.conninfo()),
+            autocommit=autocommit,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            application_name=APPLICATION_NAME,
+            **options,
+        )
+    except psycopg.OperationalError as exc:
+        raise connection_error(target, exc) from exc

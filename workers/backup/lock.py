@@ -1,0 +1,44 @@
+"""One backup per scope at a time: a PostgreSQL advisory lock held by a session; it dies with its holder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from workers.backup.connection import connect, connection_error
+from workers.errors import AlreadyRunning
+from workers.settings import PostgresTarget
+
+log = logging.getLogger(__name__)
+
+# Namespace for the lock's name, so our advisory locks cannot collide with the platform's own.
+LOCK_NAMESPACE = "ops-workers.backup:"
+
+
+@contextmanager
+def backup_lock(target: PostgresTarget, scope: str) -> Iterator[None]:
+    """Hold the advisory lock named scope on target's database for the block.
+
+    The lock lives in its own session: if this process dies (even by SIGKILL) the server ends the
+    session and the lock is gone, so a crashed backup never blocks the next one.
+
+    Raises:
+        AlreadyRunning: another session holds it; nothing was done.
+        DatabaseUnavailable, DatabaseAuthenticationFailed: the database could not be reached.
+    """
+    conn = connect(target, autocommit=True)
+    try:
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (LOCK_NAMESPACE + scope,)
+        ).fetchone()
+        if not row or not row[0]:
+            raise AlreadyRunning(f"a backup of {scope}")
+        log.debug("backup lock taken", extra={"scope": scope})
+        yield
+    except psycopg.OperationalError as exc:
+        raise connection_error(target, exc) from exc
+    finally:
+        conn.close()  # ends the session, which releases the lock

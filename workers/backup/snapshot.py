@@ -1,0 +1,79 @@
+"""An exported REPEATABLE READ snapshot: pg_dump and our row counts see exactly the same data."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from workers.backup.connection import connect, connection_error
+from workers.settings import PostgresTarget
+
+log = logging.getLogger(__name__)
+
+_USER_TABLES = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
+ORDER BY 1, 2
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A held transaction: its exported id and what we learned inside it."""
+
+    conn: psycopg.Connection[Any]
+    snapshot_id: str
+    server_version: str
+    database_size_bytes: int
+
+    def user_tables(self) -> list[tuple[str, str]]:
+        """(schema, table) of every ordinary table, as pg_dump sees them."""
+        return [(str(s), str(t)) for s, t in self.conn.execute(_USER_TABLES).fetchall()]
+
+    def count_rows(self, tables: Sequence[tuple[str, str]]) -> dict[str, int]:
+        """'schema.table' -> rows, read in this snapshot."""
+        counts: dict[str, int] = {}
+        for schema, table in tables:
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
+            row = self.conn.execute(query).fetchone()
+            counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+        return counts
+
+
+@contextmanager
+def exported_snapshot(
+    target: PostgresTarget, *, lock_wait_timeout_s: float, read_only: bool = True
+) -> Iterator[Snapshot]:
+    """Open a REPEATABLE READ transaction, export its snapshot and hold it for the block.
+
+    Raises:
+        DatabaseUnavailable, DatabaseAuthenticationFailed: connecting failed or the connection dropped.
+    """
+    conn = connect(target)
+    try:
+        # psycopg opens the transaction with these at the first statement.
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = read_only
+        # Fail fast rather than queue behind DDL (our counts take ACCESS SHARE locks too).
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_wait_timeout_s * 1000)}ms",))
+        row = conn.execute(
+            "SELECT pg_export_snapshot(), current_setting('server_version'),"
+            " pg_database_size(current_database())"
+        ).fetchone()
+        assert row is not None
+        snapshot = Snapshot(conn, str(row[0]), str(row[1]), int(row[2]))
+        log.debug("snapshot exported", extra={"snapshot": snapshot.snapshot_id})
+        yield snapshot
+        conn.rollback()  # read only: nothing to commit; ending the transaction releases the snapshot
+    except psycopg.OperationalError as exc:
+        raise connection_error(target, exc) from exc
+    finally:
+        conn.close()
