@@ -25,4 +25,10 @@ def build_beat_schedule(schedule: ScheduleSettings) -> dict[str, dict[str, Any]]
             "schedule": cron("17 * * * *"),
             "options": {"queue": "default", "expires": 3000},
         },
+        "incidents-reconcile": {
+            "task": "incidents.reconcile",
+            "schedule": cron(schedule.incidents_reconcile),
+            # A run not started within the minute is superseded by the next one.
+            "options": {"queue": "incidents", "expires": 50},
+        },
     }

@@ -12,7 +12,7 @@ from workers.settings import Settings, get_settings
 QUEUES = ("incidents", "backups", "default")
 # Redis emulates priorities with one list per step; workers drain lower numbers first.
 PRIORITY_STEPS = list(range(10))
-TASK_MODULES = ["workers.tasks"]
+TASK_MODULES = ["workers.tasks", "workers.incidents.tasks"]
 
 
 def create_app(settings: Settings, *, name: str = "workers") -> Celery:

@@ -13,6 +13,8 @@ from workers.checks import run_probes
 from workers.demo import SeedSize, seed
 from workers.embedded import Embedded, embedded_environment
 from workers.errors import ConfigError, UsageError, WorkersError
+from workers.incidents.commands import incidents, receiver
+from workers.incidents.credentials import Credentials
 from workers.logs import configure_logging
 from workers.processes import (
     ProcessSpec,
@@ -190,7 +192,24 @@ def process_specs(settings: Settings, base_env: dict[str, str]) -> list[ProcessS
             listens=f"metrics http://{backups_bind}/metrics",
         ),
         ProcessSpec("beat", beat_argv(level), base_env),
+        ProcessSpec(
+            "receiver",
+            python_module_argv("workers", "receiver"),
+            {**base_env, **receiver_env(settings)},
+            listens=f"http://{settings.receiver.bind}/alertmanager",
+        ),
     ]
+
+
+def receiver_env(settings: Settings) -> dict[str, str]:
+    """`run` is the one-terminal development entry: on loopback, a receiver without credentials may serve."""
+    if Credentials.from_settings(settings.receiver).required or not settings.receiver.bind.is_loopback:
+        return {}
+    return {"OPS_RECEIVER_ALLOW_NO_AUTH": "1"}
+
+
+cli.add_command(receiver)
+cli.add_command(incidents)
 
 
 def main() -> NoReturn:

@@ -118,3 +118,16 @@ class ObjectNotFound(WorkersError):
 
 class CorruptBackup(WorkersError):
     """A stored backup cannot be decoded although its checksum matches (a bug or a foreign object)."""
+
+
+class InvalidAlert(WorkersError):
+    """A webhook body that can never be accepted as sent; names the offending field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class AlertmanagerUnavailable(ServiceUnavailable):
+    """Alertmanager's API could not be reached or answered with something other than alerts."""

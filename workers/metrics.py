@@ -50,3 +50,39 @@ def start_metrics_server(bind: Bind, metrics_dir: Path | None) -> None:
         start_http_server(bind.port, addr=bind.host)
     else:
         start_http_server(bind.port, addr=bind.host, registry=registry)
+
+# --- alert receiver (workers.incidents) ---
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests answered by the alert receiver, by method, endpoint (route path) and status code.",
+    ["method", "endpoint", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer one HTTP request of the alert receiver, in seconds.",
+    ["method", "endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf")),
+)
+ALERTS_RECEIVED = Counter(
+    "ops_alerts_received_total",
+    "Alerts received in accepted webhook notifications, by alert status and normalised severity.",
+    ["status", "severity"],
+)
+ALERT_DELIVERIES_DUPLICATE = Counter(
+    "ops_alert_deliveries_duplicate_total",
+    "Alerts that were already recorded in the same state (retries, HA peers, repeat_interval re-sends).",
+)
+ALERTS_TRUNCATED = Counter(
+    "ops_alerts_truncated_total",
+    "Alerts Alertmanager left out of notifications (truncatedAlerts), to be fetched from its API.",
+)
+INCIDENTS_ENQUEUED = Counter(
+    "ops_incidents_enqueued_total",
+    "incidents.handle tasks sent, by who sent them (receiver, reconcile).",
+    ["source"],
+)
+INCIDENTS_ENQUEUE_FAILURES = Counter(
+    "ops_incidents_enqueue_failures_total",
+    "Times the broker could not take incidents.handle tasks; reconcile sends them later.",
+    ["source"],
+)

@@ -137,6 +137,7 @@ class ReceiverSettings:
     allow_no_auth: bool
     max_body_bytes: int
     alertmanager_url: str | None
+    workers: int  # uvicorn worker processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +449,7 @@ def _read_receiver(r: _Reader) -> ReceiverSettings:
         allow_no_auth=allow_no_auth,
         max_body_bytes=r.integer("OPS_RECEIVER_MAX_BODY", 10 * 1024 * 1024, minimum=1024),
         alertmanager_url=alertmanager_url.rstrip("/") if alertmanager_url else None,
+        workers=r.integer("OPS_RECEIVER_WORKERS", 1, minimum=1, maximum=64),
     )
 
 
@@ -556,6 +558,7 @@ KNOWN_VARIABLES = frozenset(
         "OPS_RECEIVER_ALLOW_NO_AUTH",
         "OPS_RECEIVER_MAX_BODY",
         "OPS_ALERTMANAGER_URL",
+        "OPS_RECEIVER_WORKERS",
         "OPS_FLOWER_BIND",
         "OPS_FLOWER_BASIC_AUTH",
     }

@@ -69,6 +69,23 @@ incident_actions = Table(
 )
 Index("ix_incident_actions_incident", incident_actions.c.incident_id)
 
+# A notification that said Alertmanager left alerts out (truncatedAlerts > 0): reconcile reads the
+# whole group back from Alertmanager's API and records what was missing.
+alert_fetches = Table(
+    "alert_fetches",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("receiver", String(200), nullable=False),
+    Column("group_labels", JSON, nullable=False),
+    Column("truncated_alerts", Integer, nullable=False),
+    Column("request_id", String(64), nullable=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("fetched_at", DateTime(timezone=True), nullable=True),  # NULL: reconcile must fetch
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=True),
+)
+Index("ix_alert_fetches_pending", alert_fetches.c.fetched_at)
+
 # One row per verification attempt of a backup (restore drill).
 backup_verifications = Table(
     "backup_verifications",

@@ -1,4 +1,4 @@
-"""Initial state schema: incidents, their audit trail, backup verifications.
+"""Initial state schema: incidents, their audit trail, alert fetches, backup verifications.
 
 Revision ID: 0001
 Revises:
@@ -61,6 +61,19 @@ def upgrade() -> None:
     )
     op.create_index("ix_incident_actions_incident", "incident_actions", ["incident_id"])
     op.create_table(
+        "alert_fetches",
+        sa.Column("id", Id, primary_key=True, autoincrement=True),
+        sa.Column("receiver", sa.String(200), nullable=False),
+        sa.Column("group_labels", sa.JSON, nullable=False),
+        sa.Column("truncated_alerts", sa.Integer, nullable=False),
+        sa.Column("request_id", sa.String(64), nullable=True),
+        sa.Column("requested_at", TS, nullable=False),
+        sa.Column("fetched_at", TS, nullable=True),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("last_error", sa.Text, nullable=True),
+    )
+    op.create_index("ix_alert_fetches_pending", "alert_fetches", ["fetched_at"])
+    op.create_table(
         "backup_verifications",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column("backup_id", sa.String(100), nullable=False),
@@ -78,5 +91,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("backup_verifications")
+    op.drop_table("alert_fetches")
     op.drop_table("incident_actions")
     op.drop_table("incidents")

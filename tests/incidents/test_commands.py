@@ -1,0 +1,138 @@
+"""`ops-workers receiver` and `ops-workers incidents ...` as operators run them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine
+
+from tests.conftest import subprocess_env
+from workers.cli import cli, process_specs
+from workers.settings import Settings
+
+from .conftest import AUTH, TOKEN, incident_rows, load_case, queued_messages
+from .redis_server import free_port
+
+STARTUP_TIMEOUT_S = 60
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_incidents_list_show_and_reconcile(client: httpx.Client, engine: Engine, redis_url: str) -> None:
+    assert client.post("/alertmanager", content=load_case("01-firing-two-alerts-empty-urls.json"),
+                       headers={**AUTH, "Content-Type": "application/json"}).status_code == 200  # fmt: skip
+    assert client.post("/alertmanager", content=load_case("03-resolved-single-capitalised-severity.json"),
+                       headers={**AUTH, "Content-Type": "application/json"}).status_code == 200  # fmt: skip
+
+    code, output = run_cli("incidents", "list", "--json")
+    assert code == 0
+    listed = json.loads(output)
+    assert len(listed) == 3
+    for item in listed:
+        assert {"id", "alertname", "fingerprint", "starts_at", "status", "severity", "labels", "created_at",
+                "updated_at"} <= item.keys()  # fmt: skip
+    code, output = run_cli("incidents", "list", "--status", "resolved", "--json")
+    assert [i["alertname"] for i in json.loads(output)] == ["Deployment"]
+    code, output = run_cli("incidents", "list")
+    assert code == 0 and "InstanceDown" in output and "f404ecabc8dd5cd7" in output
+
+    first = listed[-1]["id"]
+    code, output = run_cli("incidents", "show", str(first), "--json")
+    shown = json.loads(output)
+    assert shown["fingerprint"] == "f404ecabc8dd5cd7" and shown["labels"]["group"] == "production"
+    code, output = run_cli("incidents", "show", str(first))
+    assert "fingerprint: f404ecabc8dd5cd7" in output
+
+    code, output = run_cli("incidents", "reconcile", "--grace-s", "0")
+    assert code == 0 and json.loads(output)["enqueued"] == 0  # the receiver already sent every task
+    assert len(queued_messages(redis_url)) == 3
+    assert len(incident_rows(engine)) == 3
+
+
+def test_show_of_an_unknown_incident_is_a_usage_error(receiver_settings: Settings) -> None:
+    result = CliRunner().invoke(cli, ["incidents", "show", "999999"])
+    assert "no incident 999999" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "needs OPS_RECEIVER_TOKEN"),
+        (
+            {"OPS_RECEIVER_ALLOW_NO_AUTH": "1", "OPS_RECEIVER_BIND": "0.0.0.0:8080"},
+            "only applies on loopback",
+        ),
+    ],
+)
+def test_receiver_refuses_to_start_without_auth(
+    base_env: dict[str, str], env: dict[str, str], message: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers", "receiver"], env=subprocess_env({**base_env, **env}),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_receiver_command_migrates_serves_and_records(
+    base_env: dict[str, str], state_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**base_env, "OPS_STATE_DATABASE_URL": state_url, "OPS_RECEIVER_TOKEN": TOKEN,
+           "OPS_RECEIVER_BIND": f"127.0.0.1:{port}", "OPS_RECEIVER_WORKERS": "2",
+           "OPS_LOG_LEVEL": "INFO"}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers", "receiver"], env=subprocess_env(env),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    started = threading.Event()
+    lines: list[str] = []
+
+    def watch() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "Application startup complete" in line:
+                started.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert started.wait(STARTUP_TIMEOUT_S), "".join(lines[-20:])
+        base = f"http://127.0.0.1:{port}"
+        body = load_case("02-disk-full-relative-generator-url.json")
+        response = httpx.post(f"{base}/alertmanager", content=body,
+                              headers={**AUTH, "Content-Type": "application/json"}, timeout=30)  # fmt: skip
+        assert response.status_code == 200, response.text
+        assert [r["alertname"] for r in incident_rows(engine)] == ["disk_full"]
+        metrics = httpx.get(f"{base}/metrics", timeout=30).text
+        assert 'ops_alerts_received_total{severity="warning",status="firing"} 1.0' in metrics
+        assert TOKEN not in "".join(lines)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        watcher.join(timeout=30)
+        proc.stderr.close()
+
+
+def test_run_supervises_the_receiver(ops_env: Callable[..., Settings]) -> None:
+    settings = ops_env()
+    (spec,) = [s for s in process_specs(settings, {}) if s.name == "receiver"]
+    assert spec.argv[1:] == ("-m", "workers", "receiver")
+    assert spec.env["OPS_RECEIVER_ALLOW_NO_AUTH"] == "1"  # loopback bind, no credentials: development only
+    with_token = ops_env(OPS_RECEIVER_TOKEN=TOKEN)
+    (spec,) = [s for s in process_specs(with_token, {}) if s.name == "receiver"]
+    assert "OPS_RECEIVER_ALLOW_NO_AUTH" not in spec.env

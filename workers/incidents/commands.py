@@ -1,0 +1,180 @@
+"""`ops-workers receiver` and `ops-workers incidents list|show|reconcile`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import click
+from sqlalchemy import Connection
+
+from workers.errors import UsageError
+from workers.incidents.credentials import Credentials
+from workers.incidents.records import STATUSES, IncidentView, get_incident, list_incidents
+from workers.processes import exec_process, fresh_metrics_dir, python_module_argv
+from workers.settings import Settings
+from workers.state.db import create_state_engine, upgrade
+
+RECEIVER_FACTORY = "workers.incidents.receiver:create_app_from_settings"
+
+
+def _settings() -> Settings:
+    # Imported late: workers.cli imports this module to register the commands.
+    from workers.cli import settings_or_exit
+
+    return settings_or_exit()
+
+
+@contextmanager
+def _connection(settings: Settings) -> Iterator[Connection]:
+    engine = create_state_engine(settings.state_database_url.value)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def _echo_json(value: object) -> None:
+    from workers.cli import echo_json
+
+    echo_json(value)
+
+
+def check_receiver_auth(settings: Settings) -> None:
+    """Refuse to serve without credentials, unless explicitly allowed and bound to loopback.
+
+    Raises:
+        UsageError: no OPS_RECEIVER_TOKEN / OPS_RECEIVER_BASIC_AUTH and serving without auth is not allowed.
+    """
+    receiver = settings.receiver
+    if Credentials.from_settings(receiver).required:
+        return
+    if receiver.allow_no_auth and receiver.bind.is_loopback:
+        return
+    if receiver.allow_no_auth:
+        raise UsageError(
+            f"OPS_RECEIVER_ALLOW_NO_AUTH=1 only applies on loopback; {receiver.bind} is not: "
+            "set OPS_RECEIVER_TOKEN or OPS_RECEIVER_BASIC_AUTH"
+        )
+    raise UsageError(
+        "the receiver needs OPS_RECEIVER_TOKEN and/or OPS_RECEIVER_BASIC_AUTH "
+        "(or OPS_RECEIVER_ALLOW_NO_AUTH=1 on a loopback OPS_RECEIVER_BIND)"
+    )
+
+
+def receiver_argv(
+    settings: Settings, workers: int, certfile: str | None, keyfile: str | None
+) -> tuple[str, ...]:
+    """uvicorn's command line for the receiver; TLS files are paths, never secrets."""
+    bind = settings.receiver.bind
+    argv = [
+        "uvicorn", RECEIVER_FACTORY, "--factory",
+        "--host", bind.host, "--port", str(bind.port), "--workers", str(workers),
+        "--log-level", settings.log_level.lower(), "--no-access-log", "--no-server-header",
+        "--timeout-graceful-shutdown", "30",
+    ]  # fmt: skip
+    if certfile:
+        argv += ["--ssl-certfile", certfile]
+    if keyfile:
+        argv += ["--ssl-keyfile", keyfile]
+    return python_module_argv(*argv)
+
+
+@click.command()
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="uvicorn processes (default: OPS_RECEIVER_WORKERS).",
+)
+@click.option(
+    "--ssl-certfile",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Serve HTTPS with this certificate.",
+)
+@click.option(
+    "--ssl-keyfile",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The certificate's private key.",
+)
+def receiver(workers: int | None, ssl_certfile: str | None, ssl_keyfile: str | None) -> None:  # fmt: skip
+    """Serve the Alertmanager webhook receiver on OPS_RECEIVER_BIND (migrates the state database first)."""
+    settings = _settings()
+    check_receiver_auth(settings)
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        raise UsageError("--ssl-certfile and --ssl-keyfile go together")
+    engine = create_state_engine(settings.state_database_url.value)
+    try:
+        revision = upgrade(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"state database at revision {revision}", err=True)
+    # uvicorn's workers are processes: their metrics meet in one multiprocess directory.
+    metrics_dir = fresh_metrics_dir(settings.var_dir / "metrics" / "receiver")
+    argv = receiver_argv(settings, workers or settings.receiver.workers, ssl_certfile, ssl_keyfile)
+    exec_process(argv, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+
+
+@click.group()
+def incidents() -> None:
+    """Incidents recorded from Alertmanager notifications."""
+
+
+def _line(view: IncidentView) -> str:
+    return (
+        f"{view.id:>6}  {view.severity:<8}  {view.status:<12}  {view.alert_status:<8}  "
+        f"{view.starts_at.isoformat(timespec='seconds')}  {view.fingerprint}  {view.alertname}"
+    )
+
+
+@incidents.command("list")
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only incidents in this state.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def list_command(status: str | None, limit: int, as_json: bool) -> None:
+    """The most recent incidents, newest first."""
+    settings = _settings()
+    with _connection(settings) as conn:
+        views = list_incidents(conn, status=status, limit=limit)
+    if as_json:
+        _echo_json([v.to_json() for v in views])
+        return
+    click.echo(
+        f"{'id':>6}  {'severity':<8}  {'status':<12}  {'alert':<8}  {'starts_at':<25}  fingerprint  alertname"
+    )
+    for view in views:
+        click.echo(_line(view))
+
+
+@incidents.command("show")
+@click.argument("incident_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def show_command(incident_id: int, as_json: bool) -> None:
+    """One incident with its labels and annotations."""
+    settings = _settings()
+    with _connection(settings) as conn:
+        view = get_incident(conn, incident_id)
+    if view is None:
+        raise UsageError(f"no incident {incident_id}")
+    if as_json:
+        _echo_json(view.to_json())
+        return
+    for key, value in view.to_json().items():
+        click.echo(f"{key}: {value}")
+
+
+@incidents.command("reconcile")
+@click.option("--grace-s", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Leave episodes changed this recently to the receiver.")  # fmt: skip
+def reconcile_command(grace_s: float) -> None:
+    """Fetch truncated alert groups, then enqueue every recorded episode that has no task yet."""
+    settings = _settings()
+    from workers.app import app
+    from workers.incidents.reconcile import run_reconcile
+
+    result = run_reconcile(settings, app, grace=timedelta(seconds=grace_s))
+    _echo_json(result.to_json())
