@@ -75,9 +75,7 @@ def test_show_of_an_unknown_incident_is_a_usage_error(receiver_settings: Setting
         ),
     ],
 )
-def test_receiver_refuses_to_start_without_auth(
-    base_env: dict[str, str], env: dict[str, str], message: str
-) -> None:
+def test_receiver_refuses_to_start_without_auth(base_env: dict[str, str], env: dict[str, str], message: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "workers", "receiver"], env=subprocess_env({**base_env, **env}),
         capture_output=True, text=True, timeout=60,

@@ -184,9 +184,7 @@ BAD_INPUTS: list[tuple[str, dict[str, str], bytes, int, str | None]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("why", "headers", "payload", "status", "field"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
-)
+@pytest.mark.parametrize(("why", "headers", "payload", "status", "field"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_gets_its_status_and_records_nothing(
     client: httpx.Client, engine: Engine, redis_url: str, why: str, headers: dict[str, str], payload: bytes,
     status: int, field: str | None,
@@ -267,9 +265,7 @@ def rename(pg: PgServer, old: str, new: str) -> None:
         for _ in range(20):
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (old,))
             try:
-                conn.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
-                )
+                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
             except psycopg.errors.ObjectInUse:
                 continue
             break
@@ -283,9 +279,7 @@ def test_broker_down_still_answers_200_and_reconcile_enqueues_once_it_is_back(
     ops_env: Callable[..., Settings], state_url: str, redis_url: str, tmp_path: object
 ) -> None:
     with RedisServer.reserve() as server:
-        settings = ops_env(
-            OPS_STATE_DATABASE_URL=state_url, OPS_RECEIVER_TOKEN=TOKEN, OPS_BROKER_URL=server.url
-        )
+        settings = ops_env(OPS_STATE_DATABASE_URL=state_url, OPS_RECEIVER_TOKEN=TOKEN, OPS_BROKER_URL=server.url)
         engine = create_state_engine(state_url)
         sender = create_app(settings, name="broker-down")
         app = create_receiver_app(settings, engine=engine, celery_app=sender)
@@ -310,17 +304,12 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"state_database": "ok", "broker": "ok"}
-    before = (
-        REGISTRY.get_sample_value("ops_alerts_received_total", {"status": "firing", "severity": "critical"})
-        or 0.0
-    )
+    before = REGISTRY.get_sample_value("ops_alerts_received_total", {"status": "firing", "severity": "critical"}) or 0.0
     post(client, notification(firing()))
     text = client.get("/metrics").text
     assert 'http_requests_total{endpoint="/alertmanager",method="POST",status="200"}' in text
     assert "http_request_duration_seconds_bucket" in text
-    after = REGISTRY.get_sample_value(
-        "ops_alerts_received_total", {"status": "firing", "severity": "critical"}
-    )
+    after = REGISTRY.get_sample_value("ops_alerts_received_total", {"status": "firing", "severity": "critical"})
     assert after == before + 1
 
 

@@ -135,6 +135,12 @@ def _string_map(value: object, where: str) -> dict[str, str]:
     return {_text(k, f"{where}"): _text(v, f"{where}.{k}") for k, v in value.items()}
 
 
+def _to_millisecond(moment: datetime) -> datetime:
+    # startsAt is half of an episode's identity. Webhooks carry nanoseconds but Alertmanager's API
+    # (read back by reconcile) prints milliseconds, so both are cut to milliseconds to meet.
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
 def _alert_status(raw: Mapping[str, Any], ends_at: datetime | None, now: datetime, where: str) -> AlertStatus:
     # The alert's own status wins; old Alertmanagers omit it, and then endsAt in the past means resolved.
     # The notification's top-level status describes the group, not each alert, so it is never used.
@@ -163,7 +169,7 @@ def parse_alert(raw: object, where: str, now: datetime) -> Alert:
     annotations = _string_map(annotations_raw if annotations_raw is not None else {}, f"{where}.annotations")
     if "startsAt" not in raw:
         raise InvalidAlert(f"{where}.startsAt", "is required")
-    starts_at = parse_timestamp(raw["startsAt"], f"{where}.startsAt") or _GO_ZERO_TIME
+    starts_at = _to_millisecond(parse_timestamp(raw["startsAt"], f"{where}.startsAt") or _GO_ZERO_TIME)
     ends_raw = raw.get("endsAt")
     ends_at = None if ends_raw in (None, "") else parse_timestamp(ends_raw, f"{where}.endsAt")
     given = raw.get("fingerprint")
