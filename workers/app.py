@@ -12,6 +12,7 @@ from workers.settings import Settings, get_settings
 QUEUES = ("incidents", "backups", "default")
 # Redis emulates priorities with one list per step; workers drain lower numbers first.
 PRIORITY_STEPS = list(range(10))
+PRIORITY_SEP = ":"  # list names: incidents, incidents:1 ... incidents:9 (workers.queues reads them)
 TASK_MODULES = ["workers.tasks", "workers.incidents.tasks"]
 
 
@@ -43,7 +44,7 @@ def create_app(settings: Settings, *, name: str = "workers") -> Celery:
             # or a second pg_dump starts beside the first.
             "visibility_timeout": settings.longest_task_s + 600,
             "priority_steps": PRIORITY_STEPS,
-            "sep": ":",
+            "sep": PRIORITY_SEP,
             "queue_order_strategy": "priority",
         },
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from typing import NoReturn
 
 import click
@@ -15,10 +17,14 @@ from workers.embedded import Embedded, embedded_environment
 from workers.errors import ConfigError, UsageError, WorkersError
 from workers.incidents.commands import incidents, receiver
 from workers.incidents.credentials import Credentials
+from workers.exporter import exporter_sources, start_exporter
 from workers.logs import configure_logging
 from workers.processes import (
+    EXPORTER_VENV,
+    QUEUE_NAMES,
     ProcessSpec,
     beat_argv,
+    celery_exporter_spec,
     exec_process,
     fresh_metrics_dir,
     python_module_argv,
@@ -160,6 +166,24 @@ def flower() -> None:
 
 
 @cli.command()
+def exporter() -> None:
+    """Serve system, database, worker-count and exact queue metrics on OPS_EXPORTER_BIND until stopped."""
+    settings = settings_or_exit()
+    # The exporter reads the queue layout of the real app; importing it here keeps `cli` import-free.
+    from workers.app import PRIORITY_SEP, PRIORITY_STEPS, QUEUES, app
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sources = exporter_sources(settings, app, QUEUES, tuple(PRIORITY_STEPS), PRIORITY_SEP)
+    server, _thread = start_exporter(sources, settings.exporter.bind)
+    click.echo(f"exporter serving http://{settings.exporter.bind.host}:{server.server_port}/metrics")
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+
+
+@cli.command()
 @click.option("--embedded/--no-embedded", default=True, show_default=True,
               help="Start a Redis server and seed a demo database when none is configured.")  # fmt: skip
 def run(embedded: bool) -> None:
@@ -198,7 +222,25 @@ def process_specs(settings: Settings, base_env: dict[str, str]) -> list[ProcessS
             {**base_env, **receiver_env(settings)},
             listens=f"http://{settings.receiver.bind}/alertmanager",
         ),
+        ProcessSpec(
+            "exporter",
+            python_module_argv("workers", "exporter"),
+            base_env,
+            listens=f"metrics http://{settings.exporter.bind}/metrics",
+        ),
+        *celery_exporter_specs(settings, base_env),
     ]
+
+
+def celery_exporter_specs(settings: Settings, base_env: dict[str, str]) -> list[ProcessSpec]:
+    """The reference celery-exporter from its own venv (`make exporter`), when it is installed."""
+    spec = celery_exporter_spec(EXPORTER_VENV, settings.exporter.celery_exporter_bind, QUEUE_NAMES)
+    if spec is None:
+        return []
+    # The broker URL may hold a password: it goes to the exporter's environment, never its argv.
+    return [ProcessSpec(spec.name, spec.argv, {**base_env, **spec.env,
+                                               "CE_BROKER_URL": base_env.get("OPS_BROKER_URL")
+                                               or settings.broker_url.value}, spec.listens)]  # fmt: skip
 
 
 def receiver_env(settings: Settings) -> dict[str, str]:

@@ -73,8 +73,8 @@ def _task_finished(task_id: str | None = None, task: Any = None, state: str | No
 def _worker_ready(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     bind = getattr(sender.app.conf, "ops_metrics_bind", None) or settings.metrics_bind
-    metrics.start_metrics_server(bind, settings.metrics_dir)
-    log.info("worker metrics served", extra={"metrics_bind": str(bind)})
+    port = metrics.start_metrics_server(bind, settings.metrics_dir)
+    log.info("worker metrics served", extra={"metrics_bind": f"{bind.host}:{port}"})
 
 
 def _child_exited(pid: int | None = None, **_: Any) -> None:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
-from workers.settings import Bind
+from workers import system
+from workers.errors import WorkersError
+from workers.queues import read_queue_depths
+from workers.settings import Bind, PostgresTarget
+
+log = logging.getLogger(__name__)
 
 # --- tasks (recorded by workers.hooks around every task) ---
 TASKS = Counter(
@@ -43,13 +55,14 @@ def registry_for(metrics_dir: Path | None) -> CollectorRegistry | None:
     return registry
 
 
-def start_metrics_server(bind: Bind, metrics_dir: Path | None) -> None:
-    """Serve /metrics on bind in a daemon thread."""
+def start_metrics_server(bind: Bind, metrics_dir: Path | None) -> int:
+    """Serve /metrics on bind in a daemon thread; return the port it listens on (bind.port 0 picks one)."""
     registry = registry_for(metrics_dir)
     if registry is None:
-        start_http_server(bind.port, addr=bind.host)
+        server, _thread = start_http_server(bind.port, addr=bind.host)
     else:
-        start_http_server(bind.port, addr=bind.host, registry=registry)
+        server, _thread = start_http_server(bind.port, addr=bind.host, registry=registry)
+    return int(server.server_port)
 
 # --- alert receiver (workers.incidents) ---
 HTTP_REQUESTS = Counter(
@@ -86,3 +99,120 @@ INCIDENTS_ENQUEUE_FAILURES = Counter(
     "Times the broker could not take incidents.handle tasks; reconcile sends them later.",
     ["source"],
 )
+
+
+# --- the exporter process (`ops-workers exporter`): read at scrape time by collectors ---
+# Names of the platform's existing dashboards and alerts are kept as they are (no ops_ prefix).
+SYSTEM_CPU = "system_cpu_usage_percent"
+SYSTEM_MEMORY = "system_memory_usage_percent"
+SYSTEM_DISK = "system_disk_usage_percent"
+SYSTEM_DISK_FREE = "system_disk_free_bytes"
+DATABASE_CONNECTIONS = "database_connections_active"
+DATABASE_CONNECTIONS_MAX = "database_connections_max"
+CELERY_WORKERS = "celery_workers_active"
+QUEUE_MESSAGES = "ops_queue_messages"
+SOURCE_UP = "ops_exporter_source_up"
+QUEUE_STATES = ("ready", "unacked", "scheduled")
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterSources:
+    """Where the exporter's readings come from: the broker, the platform database, the host, the workers."""
+
+    broker: redis.Redis
+    queues: tuple[str, ...]
+    priority_steps: tuple[int, ...]
+    priority_sep: str
+    platform_database: PostgresTarget | None
+    disk_mounts: tuple[str, ...]
+    count_workers: Callable[[], int]
+
+
+class ExporterCollector(Collector):
+    """The exporter's gauges, read fresh at every scrape; a source that fails is reported by SOURCE_UP."""
+
+    def __init__(self, sources: ExporterSources) -> None:
+        self.sources = sources
+        system.cpu_percent()  # psutil measures CPU between two calls: start the first interval now
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(SOURCE_UP, "1 if this source was read at this scrape.", labels=["source"])
+        yield GaugeMetricFamily(SYSTEM_CPU, "CPU use of the host since the previous scrape, in percent.",
+                                value=system.cpu_percent())  # fmt: skip
+        yield GaugeMetricFamily(SYSTEM_MEMORY, "Memory in use on the host, in percent.",
+                                value=system.memory_percent())  # fmt: skip
+        yield from self._disks()
+        yield from self._queues(up)
+        yield from self._database(up)
+        yield from self._workers(up)
+        yield up
+
+    def _disks(self) -> Iterator[Metric]:
+        percent = GaugeMetricFamily(SYSTEM_DISK, "Space in use on a mounted file system, in percent.",
+                                    labels=["mountpoint", "device"])  # fmt: skip
+        free = GaugeMetricFamily(SYSTEM_DISK_FREE, "Space left on a mounted file system, in bytes.",
+                                 labels=["mountpoint", "device"])  # fmt: skip
+        for usage in system.disk_usage(self.sources.disk_mounts):
+            percent.add_metric([usage.mountpoint, usage.device], usage.percent)
+            free.add_metric([usage.mountpoint, usage.device], usage.free_bytes)
+        yield percent
+        yield free
+
+    def _queues(self, up: GaugeMetricFamily) -> Iterator[Metric]:
+        s = self.sources
+        now = datetime.now(UTC)
+        try:
+            depths = read_queue_depths(s.broker, s.queues, s.priority_steps, s.priority_sep, now)
+        except WorkersError:
+            log.warning("queue depths unavailable", exc_info=True)
+            up.add_metric(["broker"], 0)
+            return
+        up.add_metric(["broker"], 1)
+        family = GaugeMetricFamily(
+            QUEUE_MESSAGES,
+            "Messages of a queue on the broker: ready (every priority list), unacked (reserved by a worker) "
+            "and scheduled (reserved, waiting for an ETA or countdown).",
+            labels=["queue", "state"],
+        )
+        for depth in depths:
+            family.add_metric([depth.queue, "ready"], depth.ready)
+            family.add_metric([depth.queue, "unacked"], depth.unacked)
+            family.add_metric([depth.queue, "scheduled"], depth.scheduled)
+        yield family
+
+    def _database(self, up: GaugeMetricFamily) -> Iterator[Metric]:
+        target = self.sources.platform_database
+        if target is None:
+            return
+        try:
+            count = system.count_connections(target)
+        except WorkersError:
+            log.warning("connection count unavailable", exc_info=True)
+            up.add_metric(["database"], 0)
+            return
+        up.add_metric(["database"], 1)
+        active = GaugeMetricFamily(DATABASE_CONNECTIONS, "Client sessions on the platform database.",
+                                   labels=["database"])  # fmt: skip
+        active.add_metric([count.database], count.active)
+        limit = GaugeMetricFamily(DATABASE_CONNECTIONS_MAX, "Sessions the platform database accepts at most.",
+                                  labels=["database"])  # fmt: skip
+        limit.add_metric([count.database], count.limit)
+        yield active
+        yield limit
+
+    def _workers(self, up: GaugeMetricFamily) -> Iterator[Metric]:
+        try:
+            workers = self.sources.count_workers()
+        except WorkersError:
+            log.warning("worker count unavailable", exc_info=True)
+            up.add_metric(["workers"], 0)
+            return
+        up.add_metric(["workers"], 1)
+        yield GaugeMetricFamily(CELERY_WORKERS, "Celery workers that answered a ping.", value=workers)
+
+
+def exporter_registry(sources: ExporterSources) -> CollectorRegistry:
+    """A registry of the exporter's own collector only (never the multiprocess files of workers)."""
+    registry = CollectorRegistry()
+    registry.register(ExporterCollector(sources))
+    return registry

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from workers.settings import Bind
+
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 30.0  # how long a child gets to finish after SIGTERM before SIGKILL
@@ -48,6 +50,27 @@ def worker_argv(queues: str, concurrency: int, hostname: str, loglevel: str) -> 
 
 def beat_argv(loglevel: str) -> tuple[str, ...]:
     return python_module_argv("celery", "-A", "workers.app", "beat", "--loglevel", loglevel)
+
+
+# The reference celery-exporter pins old redis/prometheus-client releases, so it has its own venv
+# (`make exporter`); the PyPI package ships no console script, so it is started through its click command.
+EXPORTER_VENV = Path(__file__).resolve().parent.parent / ".venv-exporter"
+EXPORTER_INSTALLED_STAMP = ".installed"
+CELERY_EXPORTER_MAIN = "from src.cli import cli; cli(prog_name='celery-exporter', auto_envvar_prefix='CE')"
+QUEUE_NAMES = "incidents,backups,default"  # the app's queues (workers.app.QUEUES), as the exporter's -Q
+
+
+def celery_exporter_spec(venv: Path, bind: Bind, queues: str) -> ProcessSpec | None:
+    """How to start the celery-exporter of venv; None when `make exporter` has not installed it.
+
+    The broker URL is read from CE_BROKER_URL in its environment (the caller adds it), never argv.
+    """
+    python = venv / "bin" / "python"
+    if not (venv / EXPORTER_INSTALLED_STAMP).is_file() or not python.is_file():
+        return None
+    argv = (str(python), "-c", CELERY_EXPORTER_MAIN, "--host", bind.host, "--port", str(bind.port),
+            "--queues", queues, "--retry-interval", "5", "--accept-content", "json")  # fmt: skip
+    return ProcessSpec("celery-exporter", argv, {}, listens=f"metrics http://{bind}/metrics")
 
 
 def fresh_metrics_dir(path: Path) -> Path:

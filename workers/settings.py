@@ -147,6 +147,16 @@ class FlowerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ExporterSettings:
+    """`ops-workers exporter` (system and queue metrics) and the reference celery-exporter beside it."""
+
+    bind: Bind
+    disk_mounts: tuple[str, ...]  # empty: every real mounted file system
+    ping_timeout_s: float  # how long a scrape waits for workers to answer the ping
+    celery_exporter_bind: Bind
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     broker_url: Secret
     database: PostgresTarget | None  # the platform database; None until configured
@@ -162,6 +172,7 @@ class Settings:
     receiver: ReceiverSettings
     flower: FlowerSettings
     metrics_dir: Path | None  # PROMETHEUS_MULTIPROC_DIR: metrics of prefork children are shared here
+    exporter: ExporterSettings
 
     def platform_database(self) -> PostgresTarget:
         """The platform database, or ConfigError naming the variable to set."""
@@ -478,6 +489,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         receiver=_read_receiver(r),
         flower=FlowerSettings(bind=r.bind("OPS_FLOWER_BIND", "127.0.0.1:5555"), basic_auth=flower_auth),
         metrics_dir=Path(environ["PROMETHEUS_MULTIPROC_DIR"]) if environ.get("PROMETHEUS_MULTIPROC_DIR") else None,
+        exporter=ExporterSettings(
+            bind=r.bind("OPS_EXPORTER_BIND", "127.0.0.1:9545"),
+            disk_mounts=r.csv("OPS_EXPORTER_DISK_MOUNTS", ()),
+            ping_timeout_s=r.seconds("OPS_EXPORTER_PING_TIMEOUT_S", 1.0, minimum=0.05),
+            celery_exporter_bind=r.bind("OPS_CELERY_EXPORTER_BIND", "127.0.0.1:9808"),
+        ),
     )
     # A misspelt variable would otherwise be ignored and its default used; OPS_TEST_* belong to the tests.
     unknown = sorted(
@@ -561,5 +578,9 @@ KNOWN_VARIABLES = frozenset(
         "OPS_RECEIVER_WORKERS",
         "OPS_FLOWER_BIND",
         "OPS_FLOWER_BASIC_AUTH",
+        "OPS_EXPORTER_BIND",
+        "OPS_EXPORTER_DISK_MOUNTS",
+        "OPS_EXPORTER_PING_TIMEOUT_S",
+        "OPS_CELERY_EXPORTER_BIND",
     }
 )
