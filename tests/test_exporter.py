@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 import httpx
 import psycopg
 import pytest
+import redis
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from tests.conftest import PgServer, subprocess_env
-from workers.app import PRIORITY_SEP, PRIORITY_STEPS, QUEUES
-from workers.exporter import exporter_sources, start_exporter
+from workers.app import PRIORITY_SEP, PRIORITY_STEPS, QUEUES, REDBEAT_KEY_PREFIX
+from workers.exporter import BrokerLayout, exporter_sources, start_exporter
 from workers.settings import Bind, Settings
+
+LAYOUT = BrokerLayout(QUEUES, tuple(PRIORITY_STEPS), PRIORITY_SEP, REDBEAT_KEY_PREFIX)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -39,7 +43,7 @@ def exporter_url(
         conn.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 10").format(sql.Identifier(platform.dbname)))
     settings: Settings = ops_env(OPS_DATABASE_URL=f"postgresql://{platform.user}@{platform.host}:{platform.port}"
                                  f"/{platform.dbname}", OPS_EXPORTER_PING_TIMEOUT_S="0.5")  # type: ignore[operator]
-    sources = exporter_sources(settings, worker_app, QUEUES, tuple(PRIORITY_STEPS), PRIORITY_SEP)
+    sources = exporter_sources(settings, worker_app, LAYOUT)
     server, thread = start_exporter(sources, Bind("127.0.0.1", 0))
     request.node.platform = platform
     yield f"http://127.0.0.1:{server.server_port}/metrics"
@@ -90,7 +94,7 @@ def test_celery_workers_active_counts_a_running_worker(
 
 def test_unreachable_database_is_reported_not_fatal(ops_env: object, worker_app: Celery) -> None:
     settings: Settings = ops_env(OPS_DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere")  # type: ignore[operator]
-    sources = exporter_sources(settings, worker_app, QUEUES, tuple(PRIORITY_STEPS), PRIORITY_SEP)
+    sources = exporter_sources(settings, worker_app, LAYOUT)
     server, thread = start_exporter(sources, Bind("127.0.0.1", 0))
     try:
         samples = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
@@ -120,3 +124,16 @@ def test_exporter_command_serves_until_terminated(base_env: dict[str, str]) -> N
         if proc.stdout is not None:
             proc.stdout.close()
     assert returncode == 0
+
+
+def test_beat_state_shows_the_lock_and_how_late_the_schedule_is(exporter_url: str, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    assert ("ops_beat_lock_held", ()) in scrape(exporter_url)
+    assert scrape(exporter_url)[("ops_beat_lock_held", ())] == 0
+
+    client.set(f"{REDBEAT_KEY_PREFIX}:lock", "token", ex=60)
+    client.zadd(f"{REDBEAT_KEY_PREFIX}:schedule", {"a": time.time() - 300, "b": time.time() + 60})
+    samples = scrape(exporter_url)
+
+    assert samples[("ops_beat_lock_held", ())] == 1
+    assert 299 <= samples[("ops_beat_schedule_lag_seconds", ())] < 330

@@ -12,6 +12,7 @@ from workers.settings import Settings, get_settings
 QUEUES = ("incidents", "backups", "default")
 # Redis emulates priorities with one list per step; workers drain lower numbers first.
 PRIORITY_STEPS = list(range(10))
+REDBEAT_KEY_PREFIX = "redbeat"  # workers.beat_state reads REDBEAT_KEY_PREFIX:lock and :schedule
 PRIORITY_SEP = ":"  # list names: incidents, incidents:1 ... incidents:9 (workers.queues reads them)
 TASK_MODULES = ["workers.tasks", "workers.incidents.tasks"]
 
@@ -54,7 +55,7 @@ def create_app(settings: Settings, *, name: str = "workers") -> Celery:
         beat_schedule=build_beat_schedule(settings.schedule),
         beat_scheduler="redbeat.RedBeatScheduler",
         redbeat_redis_url=broker_url,
-        redbeat_key_prefix="redbeat",
+        redbeat_key_prefix=REDBEAT_KEY_PREFIX,
         redbeat_redis_options={"retry_period": 60},
         # A second beat waits on this lock and takes over within this many seconds if the first dies.
         redbeat_lock_timeout=60,

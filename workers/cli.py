@@ -17,7 +17,7 @@ from workers.embedded import Embedded, embedded_environment
 from workers.errors import ConfigError, UsageError, WorkersError
 from workers.incidents.commands import incidents, receiver
 from workers.incidents.credentials import Credentials
-from workers.exporter import exporter_sources, start_exporter
+from workers.exporter import BrokerLayout, exporter_sources, start_exporter
 from workers.logs import configure_logging
 from workers.processes import (
     EXPORTER_VENV,
@@ -170,12 +170,13 @@ def exporter() -> None:
     """Serve system, database, worker-count and exact queue metrics on OPS_EXPORTER_BIND until stopped."""
     settings = settings_or_exit()
     # The exporter reads the queue layout of the real app; importing it here keeps `cli` import-free.
-    from workers.app import PRIORITY_SEP, PRIORITY_STEPS, QUEUES, app
+    from workers.app import PRIORITY_SEP, PRIORITY_STEPS, QUEUES, REDBEAT_KEY_PREFIX, app
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    sources = exporter_sources(settings, app, QUEUES, tuple(PRIORITY_STEPS), PRIORITY_SEP)
+    layout = BrokerLayout(QUEUES, tuple(PRIORITY_STEPS), PRIORITY_SEP, REDBEAT_KEY_PREFIX)
+    sources = exporter_sources(settings, app, layout)
     server, _thread = start_exporter(sources, settings.exporter.bind)
     click.echo(f"exporter serving http://{settings.exporter.bind.host}:{server.server_port}/metrics")
     stop.wait()

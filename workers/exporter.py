@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 import redis
@@ -35,15 +36,25 @@ def ping_counter(app: Celery, timeout_s: float) -> Callable[[], int]:
     return count_workers
 
 
-def exporter_sources(settings: Settings, app: Celery, queues: tuple[str, ...], steps: tuple[int, ...],
-                     sep: str) -> ExporterSources:  # fmt: skip
-    """What the exporter reads, built from settings and the Celery app's queue layout."""
+@dataclass(frozen=True, slots=True)
+class BrokerLayout:
+    """Where the app keeps things on the broker: queue names, priority lists, RedBeat's keys."""
+
+    queues: tuple[str, ...]
+    priority_steps: tuple[int, ...]
+    priority_sep: str
+    beat_key_prefix: str
+
+
+def exporter_sources(settings: Settings, app: Celery, layout: BrokerLayout) -> ExporterSources:
+    """What the exporter reads, built from settings and the Celery app's broker layout."""
     broker = redis.Redis.from_url(settings.broker_url.value, socket_connect_timeout=3, socket_timeout=5)
     return ExporterSources(
         broker=broker,
-        queues=queues,
-        priority_steps=steps,
-        priority_sep=sep,
+        queues=layout.queues,
+        priority_steps=layout.priority_steps,
+        priority_sep=layout.priority_sep,
+        beat_key_prefix=layout.beat_key_prefix,
         platform_database=settings.database,
         disk_mounts=settings.exporter.disk_mounts,
         count_workers=ping_counter(app, settings.exporter.ping_timeout_s),

@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from workers import system
+from workers.beat_state import read_beat_state
 from workers.errors import WorkersError
 from workers.queues import read_queue_depths
 from workers.settings import Bind, PostgresTarget
@@ -52,6 +53,8 @@ def registry_for(metrics_dir: Path | None) -> CollectorRegistry | None:
         return None
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    # The serving (main) process's start time: restarts show as changes(process_start_time_seconds).
+    ProcessCollector(registry=registry)
     return registry
 
 
@@ -112,6 +115,8 @@ DATABASE_CONNECTIONS_MAX = "database_connections_max"
 CELERY_WORKERS = "celery_workers_active"
 QUEUE_MESSAGES = "ops_queue_messages"
 SOURCE_UP = "ops_exporter_source_up"
+BEAT_LOCK_HELD = "ops_beat_lock_held"
+BEAT_LAG = "ops_beat_schedule_lag_seconds"
 QUEUE_STATES = ("ready", "unacked", "scheduled")
 
 
@@ -123,6 +128,7 @@ class ExporterSources:
     queues: tuple[str, ...]
     priority_steps: tuple[int, ...]
     priority_sep: str
+    beat_key_prefix: str
     platform_database: PostgresTarget | None
     disk_mounts: tuple[str, ...]
     count_workers: Callable[[], int]
@@ -143,6 +149,7 @@ class ExporterCollector(Collector):
                                 value=system.memory_percent())  # fmt: skip
         yield from self._disks()
         yield from self._queues(up)
+        yield from self._beat(up)
         yield from self._database(up)
         yield from self._workers(up)
         yield up
@@ -180,6 +187,20 @@ class ExporterCollector(Collector):
             family.add_metric([depth.queue, "scheduled"], depth.scheduled)
         yield family
 
+    def _beat(self, up: GaugeMetricFamily) -> Iterator[Metric]:
+        try:
+            state = read_beat_state(self.sources.broker, self.sources.beat_key_prefix, datetime.now(UTC))
+        except WorkersError:
+            log.warning("beat state unavailable", exc_info=True)
+            up.add_metric(["beat"], 0)
+            return
+        up.add_metric(["beat"], 1)
+        yield GaugeMetricFamily(BEAT_LOCK_HELD, "1 while a beat holds the scheduler lock, else 0.",
+                                value=int(state.lock_held))  # fmt: skip
+        if state.lag_s is not None:
+            yield GaugeMetricFamily(BEAT_LAG, "How far the most overdue schedule entry is past due, in seconds.",
+                                    value=state.lag_s)  # fmt: skip
+
     def _database(self, up: GaugeMetricFamily) -> Iterator[Metric]:
         target = self.sources.platform_database
         if target is None:
@@ -215,4 +236,5 @@ def exporter_registry(sources: ExporterSources) -> CollectorRegistry:
     """A registry of the exporter's own collector only (never the multiprocess files of workers)."""
     registry = CollectorRegistry()
     registry.register(ExporterCollector(sources))
+    ProcessCollector(registry=registry)
     return registry
