@@ -205,7 +205,7 @@ class ExporterCollector(Collector):
         yield GaugeMetricFamily(BEAT_LOCK_HELD, "1 while a beat holds the scheduler lock, else 0.",
                                 value=int(state.lock_held))  # fmt: skip
         if state.lag_s is not None:
-            yield GaugeMetricFamily(BEAT_LAG, "How far the most overdue schedule entry is past due, in seconds.",
+            yield GaugeMetricFamily(BEAT_LAG, "How late the most overdue schedule entry is, in seconds.",
                                     value=state.lag_s)  # fmt: skip
 
     def _database(self, up: GaugeMetricFamily) -> Iterator[Metric]:
