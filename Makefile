@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # The celery-exporter pins old redis/prometheus-client releases: it lives in its own venv.
-$(EXPORTER_VENV)/bin/celery-exporter:
-	$(PYTHON) -m venv $(EXPORTER_VENV)
+# `ops-workers run` starts it when this stamp exists (workers/processes.py, celery_exporter_spec).
+$(EXPORTER_VENV)/.installed: deploy/exporter-requirements.txt
+	test -x $(EXPORTER_VENV)/bin/python || $(PYTHON) -m venv $(EXPORTER_VENV)
 	$(EXPORTER_VENV)/bin/python -m pip install --quiet -r deploy/exporter-requirements.txt
+	touch $@
 
-exporter: $(EXPORTER_VENV)/bin/celery-exporter
+exporter: $(EXPORTER_VENV)/.installed
 
 run: $(STAMP)
 	-$(MAKE) --no-print-directory exporter
