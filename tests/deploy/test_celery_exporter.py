@@ -45,7 +45,8 @@ def celery_exporter(redis_url: str) -> Iterator[tuple[str, psutil.Process]]:
             raise AssertionError("celery-exporter not installed: .ci/run runs `make exporter`")
         pytest.skip("celery-exporter not installed (make exporter)")
     env = {**os.environ, **spec.env, "CE_BROKER_URL": redis_url}
-    proc = subprocess.Popen(list(spec.argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(list(spec.argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
@@ -102,7 +103,8 @@ def test_it_counts_tasks_from_worker_events(
     # The exporter consumes the worker's events asynchronously (and each scrape waits ~2 s on its
     # inspect() calls): give it a bounded time to see them.
     host = celery_worker.hostname.split("@", 1)[1]
-    key = ("celery_task_succeeded_total", (("hostname", host), ("name", "ops.check"), ("queue_name", "default")))
+    labels = (("hostname", host), ("name", "ops.check"), ("queue_name", "default"))
+    key = ("celery_task_succeeded_total", labels)
     deadline = time.monotonic() + 40
     current = samples(url)
     while current.get(key, 0) < 1 and time.monotonic() < deadline:
