@@ -15,9 +15,9 @@ from workers.checks import run_probes
 from workers.demo import SeedSize, seed
 from workers.embedded import Embedded, embedded_environment
 from workers.errors import ConfigError, UsageError, WorkersError
+from workers.exporter import BrokerLayout, exporter_sources, start_exporter
 from workers.incidents.commands import incidents, receiver
 from workers.incidents.credentials import Credentials
-from workers.exporter import BrokerLayout, exporter_sources, start_exporter
 from workers.logs import configure_logging
 from workers.processes import (
     EXPORTER_VENV,
