@@ -125,6 +125,11 @@ SOURCE_UP = "ops_exporter_source_up"
 BEAT_LOCK_HELD = "ops_beat_lock_held"
 BEAT_LAG = "ops_beat_schedule_lag_seconds"
 QUEUE_STATES = ("ready", "unacked", "scheduled")
+# Every name the exporter's collector yields (the README's metrics table lists each).
+EXPORTER_METRICS = (
+    SYSTEM_CPU, SYSTEM_MEMORY, SYSTEM_DISK, SYSTEM_DISK_FREE, DATABASE_CONNECTIONS, DATABASE_CONNECTIONS_MAX,
+    CELERY_WORKERS, QUEUE_MESSAGES, SOURCE_UP, BEAT_LOCK_HELD, BEAT_LAG,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
