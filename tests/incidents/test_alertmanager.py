@@ -38,22 +38,27 @@ class Deliveries:
 
     def __init__(self) -> None:
         self.events: queue.Queue[Delivery] = queue.Queue()
+        self.seen: list[Delivery] = []
 
     def __call__(self, status: int, accepted: Accepted | None) -> None:
         self.events.put((status, accepted))
 
-    def wait_for(self, wanted: Callable[[Delivery], bool], what: str) -> Delivery:
-        seen: list[Delivery] = []
+    def wait_until(self, condition: Callable[[list[Delivery]], bool], what: str) -> None:
+        """Block until condition(all deliveries so far) holds; fail after DELIVERY_TIMEOUT_S."""
         deadline = datetime.now(UTC) + timedelta(seconds=DELIVERY_TIMEOUT_S)
-        while (left := (deadline - datetime.now(UTC)).total_seconds()) > 0:
+        while not condition(self.seen):
+            left = (deadline - datetime.now(UTC)).total_seconds()
             try:
-                event = self.events.get(timeout=left)
+                self.seen.append(self.events.get(timeout=max(left, 0.001)))
             except queue.Empty:
-                break
-            if wanted(event):
-                return event
-            seen.append(event)
-        raise AssertionError(f"no delivery where {what} within {DELIVERY_TIMEOUT_S}s; saw {seen}")
+                raise AssertionError(f"{what}: not within {DELIVERY_TIMEOUT_S}s; saw {self.seen}") from None
+
+    def wait_for(self, wanted: Callable[[Delivery], bool], what: str) -> None:
+        self.wait_until(lambda seen: any(wanted(event) for event in seen), what)
+
+
+def total(field: str) -> Callable[[list[Delivery]], int]:
+    return lambda seen: sum(getattr(a, field) for status, a in seen if status == 200 and a is not None)
 
 
 def accepted(predicate: Callable[[Accepted], bool]) -> Callable[[Delivery], bool]:
@@ -78,13 +83,14 @@ def test_alertmanager_deliveries_are_recorded_once_and_resolutions_recorded(
     warning = {"alertname": "PostgresDown", "severity": "warning", "instance": "db2"}
     with receiver_and_alertmanager(receiver_settings, engine, sender, tmp_path) as (am, deliveries):
         am.post_alerts(api_alert(critical, started), api_alert(warning, started))
-        deliveries.wait_for(accepted(lambda a: a.recorded == 2 and a.enqueued == 2), "both alerts are recorded")
+        deliveries.wait_until(lambda seen: total("recorded")(seen) == 2, "both alerts are recorded")
         # Alertmanager re-sends the group every repeat_interval: nothing new is recorded or enqueued.
         deliveries.wait_for(accepted(lambda a: a.duplicates == 2 and a.recorded == 0), "a repeat is a duplicate")
 
         ended = datetime.now(UTC) - timedelta(seconds=1)
         am.post_alerts(api_alert(critical, started, ended), api_alert(warning, started, ended))
-        deliveries.wait_for(accepted(lambda a: a.recorded == 2), "the resolutions are recorded")
+        deliveries.wait_until(lambda seen: total("recorded")(seen) == 4, "the resolutions are recorded")
+        assert total("enqueued")(deliveries.seen) == 4
 
     rows = incident_rows(engine)
     assert len(rows) == 2
@@ -139,7 +145,7 @@ def test_state_database_down_gives_503_and_alertmanagers_retry_succeeds(
             pg.created.append(dbname)
             upgrade(engine)
 
-            deliveries.wait_for(accepted(lambda a: a.recorded == 1), "Alertmanager's retry is recorded")
+            deliveries.wait_until(lambda seen: total("recorded")(seen) == 1, "Alertmanager's retry is recorded")
         rows = incident_rows(engine)
         assert [(r["alertname"], r["status"]) for r in rows] == [("ReplicaLag", "active")]
     finally:

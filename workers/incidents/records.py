@@ -6,6 +6,7 @@ decide the transaction; nothing here enqueues or talks HTTP.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
 
 from workers.incidents.alerts import Alert, AlertStatus, Severity, episodes
 from workers.state.schema import alert_fetches, incidents
@@ -49,9 +49,33 @@ class PendingFetch:
     truncated_alerts: int
 
 
-def _insert_for(conn: Connection) -> Any:
-    # ON CONFLICT ... DO UPDATE ... WHERE is spelled alike by both dialects, but lives in each one's insert().
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+@functools.cache
+def _upsert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (fingerprint, starts_at) DO UPDATE ... WHERE firing -> resolved ... RETURNING.
+
+    Built once per dialect and run with a list of rows: SQLAlchemy caches its compiled form and
+    sends one multi-row INSERT ("insertmanyvalues"), instead of compiling a new statement per body.
+    """
+    # Spelled alike by both dialects, but each one's insert() carries its own on_conflict_do_update().
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(incidents)
+    excluded = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[incidents.c.fingerprint, incidents.c.starts_at],
+        set_={
+            "alert_status": AlertStatus.RESOLVED.value,
+            "status": RESOLVED,
+            "ends_at": excluded.ends_at,
+            "resolved_at": excluded.received_at,
+            "updated_at": excluded.updated_at,
+            "request_id": excluded.request_id,
+            "enqueued_at": None,
+        },
+        where=and_(
+            incidents.c.alert_status == AlertStatus.FIRING.value,
+            excluded.alert_status == AlertStatus.RESOLVED.value,
+        ),
+    ).returning(incidents.c.id, incidents.c.fingerprint, incidents.c.severity, incidents.c.alert_status)
 
 
 def _row(alert: Alert, request_id: str | None, at: datetime) -> dict[str, object]:
@@ -87,28 +111,11 @@ def record_alerts(
     unique = episodes(alerts)
     if not unique:
         return RecordOutcome((), len(alerts))
-    insert = _insert_for(conn)
-    stmt: Insert = insert(incidents).values([_row(alert, request_id, at) for alert in unique])
-    excluded = stmt.excluded  # type: ignore[attr-defined]
-    stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
-        index_elements=[incidents.c.fingerprint, incidents.c.starts_at],
-        set_={
-            "alert_status": AlertStatus.RESOLVED.value,
-            "status": RESOLVED,
-            "ends_at": excluded.ends_at,
-            "resolved_at": excluded.received_at,
-            "updated_at": excluded.updated_at,
-            "request_id": excluded.request_id,
-            "enqueued_at": None,
-        },
-        where=and_(
-            incidents.c.alert_status == AlertStatus.FIRING.value,
-            excluded.alert_status == AlertStatus.RESOLVED.value,
-        ),
-    ).returning(incidents.c.id, incidents.c.fingerprint, incidents.c.severity, incidents.c.alert_status)
+    stmt = _upsert(conn.dialect.name)
+    result = conn.execute(stmt, [_row(alert, request_id, at) for alert in unique])
     transitions = tuple(
         Transition(int(row.id), row.fingerprint, Severity(row.severity), AlertStatus(row.alert_status))
-        for row in conn.execute(stmt)
+        for row in result
     )
     return RecordOutcome(transitions, len(alerts) - len(transitions))
 

@@ -1,0 +1,270 @@
+"""Alert receiver throughput: notifications/s and alerts/s with p50/p99, beside raw Celery apply_async.
+
+Starts `ops-workers receiver` (uvicorn, OPS_RECEIVER_WORKERS processes) on a fresh PostgreSQL state
+database and a Redis broker, drives POST /alertmanager at a fixed concurrency with bodies of
+distinct alerts (every alert is a new episode: inserted, enqueued and stamped), then measures a
+plain loop of apply_async into the same Redis in the same run, and prints the ratio.
+
+    python -m bench receiver [--seconds 20] [--concurrency 32] [--alerts-per-body 10] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import httpx
+import psutil
+import psycopg
+import redis
+from psycopg import sql
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token"
+TARGET_ALERTS_PER_S = 2000
+TARGET_P99_MS = 50.0
+
+
+@dataclass
+class Load:
+    latencies_s: list[float] = field(default_factory=list)
+    errors: dict[int, int] = field(default_factory=dict)
+    requests: int = 0
+
+
+def body(run: str, index: int, alerts: int) -> bytes:
+    starts = datetime.now(UTC).isoformat()
+    return json.dumps(
+        {
+            "version": "4",
+            "status": "firing",
+            "receiver": "ops",
+            "groupLabels": {"alertname": "BenchAlert"},
+            "truncatedAlerts": 0,
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {
+                        "alertname": "BenchAlert",
+                        "severity": ("critical", "warning", "info")[n % 3],
+                        "instance": f"{run}-{index}-{n}",
+                    },
+                    "annotations": {"summary": "benchmark alert"},
+                    "startsAt": starts,
+                    "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "http://prometheus/graph",
+                }
+                for n in range(alerts)
+            ],
+        }
+    ).encode()
+
+
+async def one_connection(
+    port: int, run: str, worker: int, alerts: int, stop_at: float, measure_from: float, load: Load
+) -> None:
+    """Keep-alive HTTP/1.1 POSTs over one connection; a minimal client so the driver costs little CPU."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    index = 0
+    try:
+        while (now := time.perf_counter()) < stop_at:
+            payload = body(run, worker * 10_000_000 + index, alerts)
+            index += 1
+            head = (
+                f"POST /alertmanager HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+            ).encode()
+            writer.write(head + payload)
+            await writer.drain()
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            elapsed = time.perf_counter() - now
+            status = int(status_line.split()[1])
+            if now >= measure_from:
+                load.requests += 1
+                load.latencies_s.append(elapsed)
+                if status != 200:
+                    load.errors[status] = load.errors.get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+async def drive(port: int, concurrency: int, alerts: int, warmup_s: float, seconds: float) -> Load:
+    load = Load()
+    start = time.perf_counter()
+    run = uuid.uuid4().hex[:8]
+    await asyncio.gather(
+        *(
+            one_connection(port, run, w, alerts, start + warmup_s + seconds, start + warmup_s, load)
+            for w in range(concurrency)
+        )
+    )
+    return load
+
+
+def raw_apply_async(broker_url: str, seconds: float) -> float:
+    """Tasks/s of a plain apply_async loop into the same Redis, with production's Celery configuration."""
+    from workers.app import create_app
+    from workers.settings import load_settings
+
+    app = create_app(load_settings({"OPS_BROKER_URL": broker_url}), name="bench-raw")
+
+    @app.task(name="bench.noop")
+    def noop(incident_id: int) -> None:
+        """Never run: only sent."""
+
+    sent = 0
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    while time.perf_counter() < deadline:
+        noop.apply_async(args=[sent], queue="incidents", priority=3)
+        sent += 1
+    return sent / (time.perf_counter() - started)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class RssSampler:
+    """Peak resident memory of a process tree, sampled in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                self.peak_bytes = max(self.peak_bytes, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def start_receiver(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """Start `ops-workers receiver` and return once /healthz answers (at WARNING it logs no start line)."""
+    proc = subprocess.Popen([sys.executable, "-m", "workers", "receiver"], env=env, cwd=REPO)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"receiver exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("receiver not ready within 60s")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench receiver", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--alerts-per-body", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    args = parser.parse_args(argv)
+
+    dbname = f"ops_bench_{uuid.uuid4().hex[:10]}"
+    admin = psycopg.connect(args.postgres_url, autocommit=True)
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    base = args.postgres_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    broker = redis.Redis.from_url(args.redis_url)
+    broker.flushdb()
+    port = free_port()
+    try:
+        with TemporaryDirectory() as var_dir:
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("OPS_")},
+                "PYTHONPATH": str(REPO),
+                "OPS_VAR_DIR": var_dir,
+                "OPS_STATE_DATABASE_URL": f"{base}/{dbname}",
+                "OPS_BROKER_URL": args.redis_url,
+                "OPS_RECEIVER_BIND": f"127.0.0.1:{port}",
+                "OPS_RECEIVER_TOKEN": TOKEN,
+                "OPS_RECEIVER_WORKERS": str(args.workers),
+                "OPS_LOG_LEVEL": "WARNING",
+            }
+            receiver = start_receiver(env, port)
+            sampler = RssSampler(receiver.pid)
+            try:
+                load = asyncio.run(drive(port, args.concurrency, args.alerts_per_body, args.warmup, args.seconds))
+            finally:
+                sampler.stop()
+                receiver.terminate()
+                receiver.wait(timeout=60)
+        with psycopg.connect(args.postgres_url.rsplit("/", 1)[0] + f"/{dbname}") as conn:
+            recorded, stamped = conn.execute("SELECT count(*), count(enqueued_at) FROM incidents").fetchone() or (0, 0)
+        queued = sum(int(broker.llen(k)) for k in broker.keys("incidents*") if broker.type(k) == b"list")
+        broker.flushdb()
+        raw_per_s = raw_apply_async(args.redis_url, min(args.seconds, 10.0))
+    finally:
+        broker.flushdb()
+        broker.close()
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        admin.close()
+
+    notifications_per_s = load.requests / args.seconds
+    alerts_per_s = notifications_per_s * args.alerts_per_body
+    latencies_ms = [s * 1000 for s in load.latencies_s]
+    p50, p99 = percentile(latencies_ms, 0.50), percentile(latencies_ms, 0.99)
+    bench_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"receiver: {args.workers} uvicorn workers, concurrency {args.concurrency}, "
+          f"{args.alerts_per_body} alerts per body, {args.seconds:g}s measured after {args.warmup:g}s")  # fmt: skip
+    print(f"  notifications/s   {notifications_per_s:10.1f}")
+    print(f"  alerts/s          {alerts_per_s:10.1f}   (target >= {TARGET_ALERTS_PER_S})")
+    print(f"  latency p50       {p50:10.1f} ms")
+    print(f"  latency p99       {p99:10.1f} ms   (target <= {TARGET_P99_MS:g})")
+    print(f"  mean              {statistics.fmean(latencies_ms):10.1f} ms")
+    print(f"  non-200 answers   {sum(load.errors.values()):10d}   {load.errors or ''}")
+    print(f"  rows recorded     {recorded:10d}   enqueued_at stamped {stamped}, messages queued {queued}")
+    print(f"raw apply_async loop into the same Redis: {raw_per_s:10.1f} tasks/s")
+    print(f"  ratio receiver alerts/s : raw apply_async/s = {alerts_per_s / raw_per_s:.2f}")
+    print(f"peak RSS: receiver (all processes) {sampler.peak_bytes / 2**20:.0f} MiB, "
+          f"bench driver {bench_rss / 2**20:.0f} MiB")  # fmt: skip
+    load1, load5, _ = os.getloadavg()
+    print(f"machine: {os.cpu_count()} CPUs, load average {load1:.1f} (1 min) {load5:.1f} (5 min) at the end")
+    ok = not load.errors and alerts_per_s >= TARGET_ALERTS_PER_S and p99 <= TARGET_P99_MS
+    print("targets met" if ok else "targets NOT met")
+    return 0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
