@@ -20,6 +20,17 @@ def cron(expression: str) -> crontab:
 def build_beat_schedule(schedule: ScheduleSettings) -> dict[str, dict[str, Any]]:
     """Every periodic job. Tasks are named by wire name, so the scheduler never imports task code."""
     return {
+        "backup-full-daily": {
+            "task": "backup.full",
+            "schedule": cron(schedule.backup_full),
+            "options": {"queue": "backups"},
+        },
+        "backup-orgs-daily": {
+            # Fans out: one backup.org task per organization.
+            "task": "backup.all_orgs",
+            "schedule": cron(schedule.backup_orgs),
+            "options": {"queue": "backups"},
+        },
         "ops-check-hourly": {
             "task": "ops.check",
             "schedule": cron("17 * * * *"),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import redis
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from workers.backup.storage import BackupStore, open_store
+from workers.errors import WorkersError
 from workers.settings import PostgresTarget, Settings
 from workers.state.db import create_state_engine, current_revision, head_revision, redact
 
@@ -66,15 +67,12 @@ def probe_platform_database(target: PostgresTarget | None) -> ProbeResult:
     return ProbeResult("platform database", True, f"{target.redacted()} (PostgreSQL {row[0] if row else '?'})")
 
 
-def probe_local_store(directory: Path) -> ProbeResult:
+def probe_store(store: BackupStore) -> ProbeResult:
+    """Write, read back and delete a probe object through the store the backups use (file:// or s3://)."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".ops-workers-probe"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        return ProbeResult("backup store", False, f"file://{directory} not writable: {exc.strerror}")
-    return ProbeResult("backup store", True, f"file://{directory} writable")
+        return ProbeResult("backup store", True, store.probe())
+    except WorkersError as exc:
+        return ProbeResult("backup store", False, str(exc))
 
 
 def run_probes(settings: Settings) -> list[ProbeResult]:
@@ -84,6 +82,5 @@ def run_probes(settings: Settings) -> list[ProbeResult]:
         probe_state_database(settings.state_database_url.value),
         probe_platform_database(settings.database),
     ]
-    if settings.backup.store.startswith("file://"):
-        results.append(probe_local_store(Path(settings.backup.store[len("file://") :])))
+    results.append(probe_store(open_store(settings.backup)))
     return results

@@ -11,6 +11,7 @@ from typing import NoReturn
 import click
 
 from workers import __version__
+from workers.backup.commands import backup_group
 from workers.checks import run_probes
 from workers.demo import SeedSize, seed
 from workers.embedded import Embedded, embedded_environment
@@ -253,6 +254,7 @@ def receiver_env(settings: Settings) -> dict[str, str]:
 
 cli.add_command(receiver)
 cli.add_command(incidents)
+cli.add_command(backup_group)
 
 
 def main() -> NoReturn:

@@ -131,3 +131,11 @@ class InvalidAlert(WorkersError):
 
 class AlertmanagerUnavailable(ServiceUnavailable):
     """Alertmanager's API could not be reached or answered with something other than alerts."""
+
+
+class OrganizationNotFound(UsageError):
+    """No organization with this id exists in the database; nothing was stored."""
+
+
+class RestoreFailed(WorkersError):
+    """A restore ran and did not succeed; nothing was committed (the message names the cause)."""

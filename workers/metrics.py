@@ -110,6 +110,30 @@ INCIDENTS_ENQUEUE_FAILURES = Counter(
     ["source"],
 )
 
+# --- backups (recorded by workers.backup.operations, the edge that knows each outcome) ---
+BACKUP_LAST_SUCCESS = Gauge(
+    "ops_backup_last_success_timestamp_seconds",
+    "Unix time at which the last backup of this kind (full, org) was stored.",
+    ["kind"],
+    multiprocess_mode="max",
+)
+BACKUP_DURATION = Histogram(
+    "ops_backup_duration_seconds",
+    "Wall time of one backup of this kind, snapshot to manifest, in seconds.",
+    ["kind"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400, 3600, 7200, 14400, float("inf")),
+)
+BACKUP_SIZE = Gauge(
+    "ops_backup_size_bytes",
+    "Size in bytes of the most recently stored backup of this kind, as stored (compressed).",
+    ["kind"],
+    multiprocess_mode="mostrecent",
+)
+BACKUP_FAILURES = Counter(
+    "ops_backup_failures_total",
+    "Backups of this kind that failed, by reason (a closed set, see workers.backup.operations.REASONS).",
+    ["kind", "reason"],
+)
 
 # --- the exporter process (`ops-workers exporter`): read at scrape time by collectors ---
 # Names of the platform's existing dashboards and alerts are kept as they are (no ops_ prefix).

@@ -31,9 +31,7 @@ def backup_lock(target: PostgresTarget, scope: str) -> Iterator[None]:
     """
     conn = connect(target, autocommit=True)
     try:
-        row = conn.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (LOCK_NAMESPACE + scope,)
-        ).fetchone()
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (LOCK_NAMESPACE + scope,)).fetchone()
         if not row or not row[0]:
             raise AlreadyRunning(f"a backup of {scope}")
         log.debug("backup lock taken", extra={"scope": scope})

@@ -4,18 +4,76 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
+from psycopg import sql
+
+from workers import metrics
+from workers.backup.connection import connect
 from workers.backup.dump import DumpOptions, create_full_backup
 from workers.backup.lock import backup_lock
-from workers.backup.manifest import Manifest
-from workers.backup.naming import BackupKind, new_backup_id, scope_prefix
+from workers.backup.manifest import Manifest, find_manifest, list_manifests
+from workers.backup.naming import BackupKind, is_backup_id, new_backup_id, scope_prefix
 from workers.backup.process import find_program
+from workers.backup.restore import RestoreResult, restore_full, restore_org
 from workers.backup.storage import BackupStore, open_store
 from workers.backup.stream import Progress
+from workers.backup.tenant import TenantOptions, create_org_backup, resolve_tables, validate_organization_id
+from workers.errors import (
+    AlreadyRunning,
+    CommandFailed,
+    CommandNotFound,
+    CommandTimedOut,
+    DatabaseAuthenticationFailed,
+    DatabaseUnavailable,
+    StorageFull,
+    StorageRefused,
+    StorageUnavailable,
+    UsageError,
+    WorkersError,
+)
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Failure reasons, the closed label set of ops_backup_failures_total; first match wins.
+REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (AlreadyRunning, "already_running"),
+    (UsageError, "usage"),
+    (DatabaseAuthenticationFailed, "database_auth"),
+    (DatabaseUnavailable, "database_unavailable"),
+    (StorageFull, "storage_full"),
+    (StorageRefused, "storage_refused"),
+    (StorageUnavailable, "storage_unavailable"),
+    (CommandNotFound, "command_missing"),
+    (CommandTimedOut, "timeout"),
+    (CommandFailed, "dump_failed"),
+    (WorkersError, "other"),
+)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The ops_backup_failures_total reason for exc. Pure."""
+    return next((reason for kind, reason in REASONS if isinstance(exc, kind)), "unexpected")
+
+
+@contextmanager
+def _recorded(kind: BackupKind, **fields: object) -> Iterator[None]:
+    """Metrics and the one log line of a backup's outcome."""
+    started = time.monotonic()
+    try:
+        yield
+    except BaseException as exc:
+        reason = failure_reason(exc)
+        metrics.BACKUP_FAILURES.labels(kind=kind, reason=reason).inc()
+        level = logging.WARNING if reason in ("already_running", "usage") else logging.ERROR
+        log.log(level, "backup failed", extra={"kind": str(kind), "reason": reason, "cause": str(exc), **fields})
+        raise
+    metrics.BACKUP_DURATION.labels(kind=kind).observe(time.monotonic() - started)
+    metrics.BACKUP_LAST_SUCCESS.labels(kind=kind).set_to_current_time()
 
 
 def dump_options(settings: Settings) -> DumpOptions:
@@ -29,6 +87,25 @@ def dump_options(settings: Settings) -> DumpOptions:
     )
 
 
+def tenant_options(settings: Settings) -> TenantOptions:
+    backup = settings.backup
+    return TenantOptions(
+        tables=backup.tenant_tables,
+        column=backup.tenant_column,
+        id_pattern=backup.tenant_id_pattern,
+        lock_wait_timeout_s=backup.lock_wait_timeout_s,
+        zstd_level=backup.zstd_level,
+        zstd_threads=backup.zstd_threads,
+    )
+
+
+def _discard_leftovers(store: BackupStore, scope: str) -> None:
+    # Called holding the scope's lock: an unfinished upload there belongs to a dead backup.
+    discarded = store.discard_incomplete(scope)
+    if discarded:
+        log.warning("unfinished uploads discarded", extra={"scope": scope, "count": discarded})
+
+
 def take_full_backup(
     settings: Settings, *, store: BackupStore | None = None, progress: Progress | None = None
 ) -> Manifest:
@@ -37,17 +114,116 @@ def take_full_backup(
     Raises:
         AlreadyRunning: a full backup of this database is in progress elsewhere; nothing was stored.
     """
+    with _recorded(BackupKind.FULL):
+        target = settings.platform_database()
+        store = store if store is not None else open_store(settings.backup)
+        options = dump_options(settings)
+        started_at = datetime.now(UTC)
+        scope = scope_prefix(BackupKind.FULL, target.dbname)
+        with backup_lock(target, scope):
+            _discard_leftovers(store, scope)
+            manifest = create_full_backup(
+                target,
+                store,
+                backup_id=new_backup_id(started_at, secrets.token_hex(4)),
+                started_at=started_at,
+                options=options,
+                progress=progress,
+            )
+    metrics.BACKUP_SIZE.labels(kind=BackupKind.FULL).set(manifest.size_bytes)
+    return manifest
+
+
+def take_org_backup(
+    settings: Settings, organization_id: str, *, store: BackupStore | None = None, progress: Progress | None = None
+) -> Manifest:
+    """Back up one organization now; used by the backup.org task and `ops-workers backup org`.
+
+    Raises:
+        InvalidOrganizationId: the id is malformed; nothing was read or stored.
+        OrganizationNotFound: no such organization; nothing stored.
+        AlreadyRunning: a backup of this organization is in progress elsewhere.
+    """
+    with _recorded(BackupKind.ORG, organization_id=organization_id[:80]):
+        validate_organization_id(organization_id, settings.backup.tenant_id_pattern)
+        target = settings.platform_database()
+        store = store if store is not None else open_store(settings.backup)
+        started_at = datetime.now(UTC)
+        scope = scope_prefix(BackupKind.ORG, target.dbname, organization_id)
+        with backup_lock(target, scope):
+            _discard_leftovers(store, scope)
+            manifest = create_org_backup(
+                target,
+                store,
+                organization_id,
+                backup_id=new_backup_id(started_at, secrets.token_hex(4)),
+                started_at=started_at,
+                options=tenant_options(settings),
+                progress=progress,
+            )
+    metrics.BACKUP_SIZE.labels(kind=BackupKind.ORG).set(manifest.size_bytes)
+    return manifest
+
+
+def organization_ids(settings: Settings) -> list[str]:
+    """Every organization of the platform database, for the per-organization fan-out."""
     target = settings.platform_database()
-    store = store if store is not None else open_store(settings.backup)
-    options = dump_options(settings)
-    started_at = datetime.now(UTC)
-    backup_id = new_backup_id(started_at, secrets.token_hex(4))
-    scope = scope_prefix(BackupKind.FULL, target.dbname)
-    with backup_lock(target, scope):
-        # Holding the lock, any unfinished upload in this scope belongs to a dead backup.
-        discarded = store.discard_incomplete(scope)
-        if discarded:
-            log.warning("unfinished uploads discarded", extra={"scope": scope, "count": discarded})
-        return create_full_backup(
-            target, store, backup_id=backup_id, started_at=started_at, options=options, progress=progress
+    with connect(target, autocommit=True) as conn:
+        tables = resolve_tables(conn, settings.backup.tenant_tables, settings.backup.tenant_column)
+        root = next((t for t in tables if t.filter_column != settings.backup.tenant_column), None)
+        if root is None:
+            raise UsageError("OPS_TENANT_TABLES names no organizations table (one without the tenant column)")
+        rows = conn.execute(
+            sql.SQL("SELECT {} FROM {} ORDER BY 1").format(sql.Identifier(root.filter_column), root.identifier)
+        ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def backups(settings: Settings, kind: BackupKind | None = None) -> list[Manifest]:
+    """Every backup in the configured store, newest first."""
+    return list_manifests(open_store(settings.backup), kind)
+
+
+def backup(settings: Settings, backup_id: str) -> Manifest:
+    """One backup's manifest. Raises BackupNotFound, or UsageError for a malformed id."""
+    if not is_backup_id(backup_id):
+        raise UsageError(f"{backup_id[:80]!r} is not a backup id (YYYYMMDDTHHMMSSZ-xxxxxxxx); see `backup list`")
+    return find_manifest(open_store(settings.backup), backup_id)
+
+
+def restore_backup(
+    settings: Settings, backup_id: str, target_db: str, *, force: bool = False, progress: Progress | None = None
+) -> RestoreResult:
+    """Restore one backup into target_db on the platform's server; `ops-workers backup restore`.
+
+    Raises:
+        BackupNotFound, UsageError: unknown or malformed id, unusable target.
+        RestoreRefused: target is the source or not empty and force is off.
+        ChecksumMismatch: the stored object is damaged; nothing committed.
+    """
+    source = settings.platform_database()
+    if not target_db or target_db.startswith("-"):
+        raise UsageError(f"--target-db {target_db!r} is not a database name")
+    store = open_store(settings.backup)
+    manifest = backup(settings, backup_id)
+    target = source.with_dbname(target_db)
+    if manifest.kind is BackupKind.FULL:
+        return restore_full(
+            manifest,
+            store,
+            target,
+            source=source.with_dbname(manifest.database),
+            pg_restore=find_program("pg_restore", settings.backup.pg_bin_dir),
+            force=force,
+            timeout_s=settings.backup.dump_timeout_s,
+            progress=progress,
         )
+    return restore_org(
+        manifest,
+        store,
+        target,
+        source=source.with_dbname(manifest.database),
+        tenant_column=settings.backup.tenant_column,
+        force=force,
+        progress=progress,
+    )

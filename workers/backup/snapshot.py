@@ -65,8 +65,7 @@ def exported_snapshot(
         # Fail fast rather than queue behind DDL (our counts take ACCESS SHARE locks too).
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_wait_timeout_s * 1000)}ms",))
         row = conn.execute(
-            "SELECT pg_export_snapshot(), current_setting('server_version'),"
-            " pg_database_size(current_database())"
+            "SELECT pg_export_snapshot(), current_setting('server_version'), pg_database_size(current_database())"
         ).fetchone()
         assert row is not None
         snapshot = Snapshot(conn, str(row[0]), str(row[1]), int(row[2]))

@@ -51,9 +51,7 @@ class BackupStore(Protocol):
         """file://DIR or s3://BUCKET/PREFIX; holds no credentials."""
         ...
 
-    def open_writer(
-        self, key: str, *, size_hint_bytes: int | None = None
-    ) -> AbstractContextManager[ObjectWriter]:
+    def open_writer(self, key: str, *, size_hint_bytes: int | None = None) -> AbstractContextManager[ObjectWriter]:
         """A writer whose object appears under key only if the block exits cleanly; else nothing is stored.
 
         Raises:

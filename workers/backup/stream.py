@@ -93,9 +93,7 @@ class VerifiedReader:
         CorruptBackup: the checksum matched but the bytes are not a zstd stream.
     """
 
-    def __init__(
-        self, raw: Source, key: str, sha256: str, size_bytes: int, progress: Progress | None = None
-    ) -> None:
+    def __init__(self, raw: Source, key: str, sha256: str, size_bytes: int, progress: Progress | None = None) -> None:
         self._digest = DigestReader(raw)
         self._reader = zstandard.ZstdDecompressor().stream_reader(
             self._digest,  # type: ignore[arg-type]  # zstandard only needs read()
