@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from psycopg import sql
 from workers.backup.s3 import S3Store
 from workers.backup.storage import LocalStore
 from workers.demo import SeedSize, seed
-from workers.settings import PostgresTarget, S3Settings
+from workers.settings import PostgresTarget, S3Settings, Secret
 
 if TYPE_CHECKING:
     from conftest import PgServer
@@ -178,3 +181,59 @@ def row_counts(target: PostgresTarget) -> dict[str, int]:
             row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
             counts[f"public.{table}"] = int(row[0]) if row else 0  # type: ignore[call-overload]
     return counts
+
+
+MEDIUM_SEED = SeedSize(organizations=5, molecules_per_org=3000)  # about 11 MB of pg_dump output
+
+
+@pytest.fixture(scope="session")
+def medium_platform_db(pg_admin: PostgresTarget) -> Iterator[PostgresTarget]:
+    """A platform database big enough that pg_dump is still writing when a test interferes."""
+    target = pg_admin.with_dbname(f"ops_test_platform_m_{uuid.uuid4().hex[:10]}")
+    seed(target, MEDIUM_SEED)
+    yield target
+    drop_database(pg_admin, target.dbname)
+
+
+@dataclass
+class PasswordServer:
+    """A private PostgreSQL cluster that checks passwords (the shared test server trusts everyone)."""
+
+    target: PostgresTarget  # with the right password
+
+
+@pytest.fixture(scope="session")
+def password_pg(pg_admin: PostgresTarget) -> Iterator[PasswordServer]:
+    bin_dir = Path("/usr/lib/postgresql/15/bin")
+    if os.geteuid() != 0 or not (bin_dir / "initdb").is_file():
+        pytest.skip("needs root and the PostgreSQL 15 server binaries to start a private cluster")
+    import pwd
+
+    postgres = pwd.getpwnam("postgres")
+    base = Path(tempfile.mkdtemp(prefix="ops-pw-pg-"))
+    os.chown(base, postgres.pw_uid, postgres.pw_gid)
+    password_file = base / "pw"
+    password_file.write_text("right-password\n")
+    os.chown(password_file, postgres.pw_uid, postgres.pw_gid)
+    port = free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_postgres, str(bin_dir / "initdb"), "-D", str(base / "data"), "-U", "postgres",
+         "-A", "scram-sha-256", f"--pwfile={password_file}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(base / "data"), "-w", "-l", str(base / "log"),
+         "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        target = PostgresTarget("127.0.0.1", port, "postgres", "postgres", Secret("right-password"))
+        seed(target.with_dbname("platform"), SMALL_SEED)
+        yield PasswordServer(target.with_dbname("platform"))
+    finally:
+        subprocess.run(
+            [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(base / "data"), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)

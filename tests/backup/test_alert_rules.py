@@ -26,9 +26,7 @@ def promtool() -> str:
 
 
 def run_promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [promtool(), *map(str, args)], capture_output=True, text=True, timeout=120, check=False
-    )
+    return subprocess.run([promtool(), *map(str, args)], capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_backup_rules_are_valid() -> None:

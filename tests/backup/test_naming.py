@@ -61,9 +61,7 @@ def test_object_key_round_trips_through_parse_key(
 
 
 def test_keys_of_one_scope_sort_by_time() -> None:
-    times = [
-        datetime(2026, m, d, h, tzinfo=UTC) for m, d, h in [(12, 31, 23), (1, 2, 0), (10, 1, 9), (1, 10, 1)]
-    ]
+    times = [datetime(2026, m, d, h, tzinfo=UTC) for m, d, h in [(12, 31, 23), (1, 2, 0), (10, 1, 9), (1, 10, 1)]]
     keys = [object_key(BackupKind.FULL, "db", new_backup_id(t, "abcdef01")) for t in times]
     assert [taken_at_of(parse_key(k).backup_id) for k in sorted(keys)] == sorted(times)
 

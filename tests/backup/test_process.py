@@ -76,7 +76,5 @@ def test_missing_program_is_command_not_found(tmp_path: object) -> None:
 def test_the_child_sees_only_the_environment_it_is_given() -> None:
     out = io.BytesIO()
     code = "import os, sys; sys.stdout.write(','.join(sorted(k for k in os.environ if k.startswith('PG'))))"
-    run_streaming(
-        [sys.executable, "-c", code], env={"PGPASSWORD": "x", "PGHOST": "h"}, timeout_s=30, sink=out
-    )
+    run_streaming([sys.executable, "-c", code], env={"PGPASSWORD": "x", "PGHOST": "h"}, timeout_s=30, sink=out)
     assert out.getvalue() == b"PGHOST,PGPASSWORD"

@@ -19,9 +19,7 @@ NOW = datetime(2026, 12, 3, 3, 0, tzinfo=UTC)
 OK, FAILED, NONE = Verification.OK, Verification.FAILED, Verification.UNVERIFIED
 
 
-def aged(
-    days: float, verification: Verification = NONE, *, kind: str = "full", series: str = "platform"
-) -> Candidate:
+def aged(days: float, verification: Verification = NONE, *, kind: str = "full", series: str = "platform") -> Candidate:
     taken_at = NOW - timedelta(days=days)
     return Candidate(
         id=f"{kind}-{series}-{days:g}", kind=kind, series=series, taken_at=taken_at, verification=verification

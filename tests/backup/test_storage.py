@@ -95,9 +95,7 @@ def test_part_size_keeps_uploads_under_the_part_limit(hint: int | None, expected
         assert hint / size < MAX_PARTS * 0.95
 
 
-def test_s3_multipart_upload_has_equal_parts_sse_and_storage_class(
-    moto: MotoServer, aws_credentials: None
-) -> None:
+def test_s3_multipart_upload_has_equal_parts_sse_and_storage_class(moto: MotoServer, aws_credentials: None) -> None:
     bucket = moto.new_bucket()
     store = S3Store(bucket, "pre/fix", moto.settings(), min_part_bytes=5 * MIB)
     data = os.urandom(12 * MIB + 123)
@@ -127,9 +125,7 @@ def test_s3_failed_multipart_upload_is_aborted(moto: MotoServer, aws_credentials
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 
-def test_s3_discard_incomplete_aborts_uploads_of_a_dead_writer(
-    moto: MotoServer, aws_credentials: None
-) -> None:
+def test_s3_discard_incomplete_aborts_uploads_of_a_dead_writer(moto: MotoServer, aws_credentials: None) -> None:
     bucket = moto.new_bucket()
     client = moto.client()
     client.create_multipart_upload(Bucket=bucket, Key="p/full/db/2026/03/09/x.dump.zst")

@@ -32,9 +32,6 @@ def backup_org_task(organization_id: str) -> dict[str, object]:
 
 
 @shared_task(name="backup.all_orgs", autoretry_for=(DatabaseUnavailable,), retry_backoff=60, max_retries=5)
-def backup_all_orgs_task() -> int:
-    """Enqueue one backup.org per organization; return how many."""
-    ids = organization_ids(get_settings())
-    for organization_id in ids:
-        backup_org_task.delay(organization_id)
-    return len(ids)
+def backup_all_orgs_task() -> list[str]:
+    """Enqueue one backup.org per organization; return the ids of the enqueued tasks."""
+    return [backup_org_task.delay(organization_id).id for organization_id in organization_ids(get_settings())]

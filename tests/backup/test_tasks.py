@@ -1,0 +1,179 @@
+"""Backup tasks on real workers through the real Redis: results, fan-out, retry policy, SIGKILL mid-backup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery, signals
+from celery.contrib.testing.worker import TestWorkController
+
+from tests.backup.conftest import free_port
+from tests.backup.test_full_backup import platform_settings
+from workers.app import create_app
+from workers.backup.lock import backup_lock
+from workers.backup.manifest import list_manifests
+from workers.backup.naming import BackupKind, scope_prefix
+from workers.backup.storage import LocalStore, open_store
+from workers.backup.tasks import backup_all_orgs_task, backup_full_task, backup_org_task
+from workers.errors import AlreadyRunning, InvalidOrganizationId
+from workers.settings import PostgresTarget, Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def settings(ops_env: Callable[..., Settings], platform_db: PostgresTarget) -> Settings:
+    """Overrides the shared fixture: the worker's settings point at the seeded platform database."""
+    return platform_settings(ops_env, platform_db)
+
+
+def test_full_backup_task_stores_a_backup(
+    settings: Settings, worker_app: Celery, celery_worker: TestWorkController
+) -> None:
+    result = backup_full_task.delay().get(timeout=120)
+    manifests = list_manifests(open_store(settings.backup))
+    assert [m.id for m in manifests] == [result["id"]]
+    assert result["kind"] == "full" and result["size"] == manifests[0].size_bytes
+
+
+def test_all_orgs_fans_out_one_task_per_organization(
+    settings: Settings, worker_app: Celery, celery_worker: TestWorkController
+) -> None:
+    task_ids = backup_all_orgs_task.delay().get(timeout=60)
+    assert len(task_ids) == 3
+    results = [worker_app.AsyncResult(task_id).get(timeout=120) for task_id in task_ids]
+    stored = list_manifests(open_store(settings.backup), BackupKind.ORG)
+    assert sorted(m.id for m in stored) == sorted(r["id"] for r in results)
+    assert len({m.organization_id for m in stored}) == 3
+
+
+def test_permanent_errors_fail_at_once_without_retry(
+    settings: Settings, worker_app: Celery, celery_worker: TestWorkController, platform_db: PostgresTarget
+) -> None:
+    result = backup_org_task.delay("1; DROP TABLE organizations")
+    with pytest.raises(InvalidOrganizationId):
+        result.get(timeout=60)
+    assert result.state == "FAILURE"
+
+    with backup_lock(platform_db, scope_prefix(BackupKind.FULL, platform_db.dbname)):
+        overlapping = backup_full_task.delay()
+        with pytest.raises(AlreadyRunning):
+            overlapping.get(timeout=60)
+    assert list(open_store(settings.backup).list_objects()) == []
+
+
+@pytest.fixture
+def retries() -> Iterator[threading.Event]:
+    seen = threading.Event()
+
+    def on_retry(**_: Any) -> None:
+        seen.set()
+
+    signals.task_retry.connect(on_retry, weak=False)
+    yield seen
+    signals.task_retry.disconnect(on_retry)
+
+
+def test_an_unreachable_database_is_retried(
+    ops_env: Callable[..., Settings], retries: threading.Event, redis_url: str
+) -> None:
+    settings = ops_env(OPS_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/platform")
+    app = create_app(settings, name="workers-test-retry")
+    app.loader.import_default_modules()
+    app.set_current()
+    app.set_default()
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(app, pool="solo", perform_ping_check=False, queues=["backups"], shutdown_timeout=30):
+        backup_full_task.delay()
+        assert retries.wait(timeout=60), "the task was not retried"
+
+
+def start_worker_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "backups", "-c", "1",
+            "--pool", "prefork", "--without-mingle", "--without-gossip", "--loglevel", "INFO"]  # fmt: skip
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    # A file appearing on disk or a lock being freed has no event to wait on: check with a deadline.
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_worker_sigkilled_mid_backup_publishes_nothing_and_the_redelivered_task_completes(
+    base_env: dict[str, str], medium_platform_db: PostgresTarget, redis_url: str, tmp_path: Path,
+    ops_env: Callable[..., Settings],
+) -> None:  # fmt: skip
+    from tests.conftest import subprocess_env
+
+    target = medium_platform_db
+    env = {
+        **base_env,
+        "OPS_DATABASE_URL": f"postgresql://{target.user}@{target.host}:{target.port}/{target.dbname}",
+        "OPS_LONGEST_TASK_S": "60",
+    }
+    settings = platform_settings(ops_env, target)
+    store = open_store(settings.backup)
+    assert isinstance(store, LocalStore)
+    # Slow enough compression that the backup is surely still running when the worker dies.
+    slow = start_worker_process(
+        subprocess_env({**env, "OPS_BACKUP_ZSTD_LEVEL": "19", "OPS_BACKUP_ZSTD_THREADS": "0"}), tmp_path / "w1.log"
+    )
+    try:
+        app = create_app(settings, name="workers-test-sender")
+        task = app.send_task("backup.full")
+        wait_for(lambda: any(p.stat().st_size > 0 for p in store.root.rglob("*.partial")), 90, "a partial upload")
+        os.killpg(slow.pid, signal.SIGKILL)
+    finally:
+        if slow.poll() is None:
+            os.killpg(slow.pid, signal.SIGKILL)
+        slow.wait()
+
+    assert list_manifests(store) == []  # no manifest, so no backup
+
+    def lock_is_free() -> bool:
+        try:
+            with backup_lock(target, scope_prefix(BackupKind.FULL, target.dbname)):
+                return True
+        except AlreadyRunning:
+            return False
+
+    wait_for(lock_is_free, 30, "the dead worker's lock to be released")
+    client = redis.Redis.from_url(redis_url)
+    assert client.hlen("unacked") == 1  # acks_late: the message was not acknowledged
+
+    # Redis hands an unacknowledged message to another worker after visibility_timeout (the
+    # longest task + 10 min); restore it now instead of waiting that long.
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "visibility_timeout": 0}
+    with app.connection_for_write() as connection:
+        connection.default_channel.qos.restore_visible(start=0, num=10)
+
+    fast = start_worker_process(subprocess_env(env), tmp_path / "w2.log")
+    try:
+        result = task.get(timeout=150)
+    finally:
+        fast.send_signal(signal.SIGTERM)
+        try:
+            fast.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(fast.pid, signal.SIGKILL)
+            fast.wait()
+    manifests = list_manifests(store)
+    assert [m.id for m in manifests] == [result["id"]]
+    assert not any(store.root.rglob("*.partial"))  # the dead worker's leftover was discarded under the lock
