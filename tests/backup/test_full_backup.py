@@ -108,10 +108,12 @@ def test_row_counts_and_dump_come_from_the_same_snapshot(
 
 
 def test_the_password_travels_in_the_environment_never_in_argv(
-    local_store: LocalStore, platform_db: PostgresTarget, ops_env: Callable[..., Settings]
+    local_store: LocalStore, medium_platform_db: PostgresTarget, ops_env: Callable[..., Settings]
 ) -> None:
     # The test server trusts 127.0.0.1, so any password connects; what matters is where it travels.
-    target = PostgresTarget(platform_db.host, platform_db.port, platform_db.user, platform_db.dbname)
+    # The medium database's dump outgrows the pipe, so pg_dump is still running at the first chunk.
+    db = medium_platform_db
+    target = PostgresTarget(db.host, db.port, db.user, db.dbname)
     settings = ops_env(
         OPS_DATABASE_URL=f"postgresql://{target.user}:Sup3r-Secret-pw@{target.host}:{target.port}/{target.dbname}"
     )

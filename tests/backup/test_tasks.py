@@ -123,6 +123,12 @@ def test_worker_sigkilled_mid_backup_publishes_nothing_and_the_redelivered_task_
     from tests.conftest import subprocess_env
 
     target = medium_platform_db
+
+    def logs() -> str:
+        return "\n".join(
+            f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:] for log in sorted(tmp_path.glob("w*.log"))
+        )
+
     env = {
         **base_env,
         "OPS_DATABASE_URL": f"postgresql://{target.user}@{target.host}:{target.port}/{target.dbname}",
@@ -138,14 +144,17 @@ def test_worker_sigkilled_mid_backup_publishes_nothing_and_the_redelivered_task_
     try:
         app = create_app(settings, name="workers-test-sender")
         task = app.send_task("backup.full")
-        wait_for(lambda: any(p.stat().st_size > 0 for p in store.root.rglob("*.partial")), 90, "a partial upload")
+        try:
+            wait_for(lambda: any(p.stat().st_size > 0 for p in store.root.rglob("*.partial")), 90, "a partial upload")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{logs()}") from None
         os.killpg(slow.pid, signal.SIGKILL)
     finally:
         if slow.poll() is None:
             os.killpg(slow.pid, signal.SIGKILL)
         slow.wait()
 
-    assert list_manifests(store) == []  # no manifest, so no backup
+    assert list_manifests(store) == [], logs()  # no manifest, so no backup
 
     def lock_is_free() -> bool:
         try:
@@ -156,7 +165,7 @@ def test_worker_sigkilled_mid_backup_publishes_nothing_and_the_redelivered_task_
 
     wait_for(lock_is_free, 30, "the dead worker's lock to be released")
     client = redis.Redis.from_url(redis_url)
-    assert client.hlen("unacked") == 1  # acks_late: the message was not acknowledged
+    assert client.hlen("unacked") == 1, logs()  # acks_late: the message was not acknowledged
 
     # Redis hands an unacknowledged message to another worker after visibility_timeout (the
     # longest task + 10 min); restore it now instead of waiting that long.
@@ -166,7 +175,10 @@ def test_worker_sigkilled_mid_backup_publishes_nothing_and_the_redelivered_task_
 
     fast = start_worker_process(subprocess_env(env), tmp_path / "w2.log")
     try:
-        result = task.get(timeout=150)
+        try:
+            result = task.get(timeout=150)
+        except Exception as exc:
+            raise AssertionError(f"redelivered task did not complete: {exc!r}\n{logs()}") from exc
     finally:
         fast.send_signal(signal.SIGTERM)
         try:
