@@ -107,6 +107,16 @@ def start_worker_process(env: dict[str, str], log: Path) -> subprocess.Popen[byt
                                 start_new_session=True)  # fmt: skip
 
 
+def partial_bytes(store: LocalStore) -> int:
+    total = 0
+    for path in store.root.rglob("*.partial"):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            continue  # renamed into place or removed between listing and stat
+    return total
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     # A file appearing on disk or a lock being freed has no event to wait on: check with a deadline.
     deadline = time.monotonic() + timeout_s
@@ -145,7 +155,7 @@ def test_worker_sigkilled_mid_backup_publishes_nothing_and_the_redelivered_task_
         app = create_app(settings, name="workers-test-sender")
         task = app.send_task("backup.full")
         try:
-            wait_for(lambda: any(p.stat().st_size > 0 for p in store.root.rglob("*.partial")), 90, "a partial upload")
+            wait_for(lambda: partial_bytes(store) > 0, 90, "a partial upload")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{logs()}") from None
         os.killpg(slow.pid, signal.SIGKILL)
