@@ -140,7 +140,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
             raise RuntimeError(f"cannot mount a tmpfs: {mounted.stderr.decode()}")
         pytest.skip("mounting a tmpfs needs root")
     yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+    if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)  # still busy: detach it now
 
 
 def test_local_disk_full_publishes_nothing_and_leaves_no_partial(

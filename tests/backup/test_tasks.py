@@ -26,6 +26,7 @@ from workers.backup.naming import BackupKind, scope_prefix
 from workers.backup.storage import LocalStore, open_store
 from workers.backup.tasks import backup_all_orgs_task, backup_full_task, backup_org_task
 from workers.errors import AlreadyRunning, InvalidOrganizationId
+from workers.metrics import registry_for
 from workers.settings import PostgresTarget, Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,7 +184,11 @@ def test_worker_sigkilled_mid_backup_publishes_nothing_and_the_redelivered_task_
     with app.connection_for_write() as connection:
         connection.default_channel.qos.restore_visible(start=0, num=10)
 
-    fast = start_worker_process(subprocess_env(env), tmp_path / "w2.log")
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    fast = start_worker_process(
+        subprocess_env({**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}), tmp_path / "w2.log"
+    )
     try:
         try:
             result = task.get(timeout=150)
@@ -199,3 +204,9 @@ def test_worker_sigkilled_mid_backup_publishes_nothing_and_the_redelivered_task_
     manifests = list_manifests(store)
     assert [m.id for m in manifests] == [result["id"]]
     assert not any(store.root.rglob("*.partial"))  # the dead worker's leftover was discarded under the lock
+    # The prefork child recorded the outcome where the worker's exporter reads it.
+    registry = registry_for(metrics_dir)
+    assert registry is not None
+    last = registry.get_sample_value("ops_backup_last_success_timestamp_seconds", {"kind": "full"})
+    assert last is not None and last >= manifests[0].finished_at.timestamp() - 1
+    assert registry.get_sample_value("ops_backup_size_bytes", {"kind": "full"}) == manifests[0].size_bytes

@@ -12,7 +12,9 @@ from workers.backup.manifest import Manifest
 from workers.backup.naming import BackupKind
 from workers.backup.operations import backup, backups, restore_backup, take_full_backup, take_org_backup
 from workers.backup.stream import Progress
+from workers.backup.tenant import validate_organization_id
 from workers.errors import ConfigError
+from workers.logs import configure_logging
 from workers.settings import Settings, get_settings
 
 EXIT_CONFIG = 2
@@ -24,8 +26,6 @@ def _settings() -> Settings:
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
-    from workers.logs import configure_logging
-
     configure_logging(settings.log_level, settings.log_format)
     return settings
 
@@ -69,6 +69,7 @@ def _show_manifest(manifest: Manifest, as_json: bool) -> None:
 
 
 def _enqueue(settings: Settings, task: str, args: tuple[str, ...], as_json: bool) -> None:
+    # workers.app builds the production app when imported; only the --enqueue path needs an app.
     from workers.app import create_app
 
     result = create_app(settings).send_task(task, args=args)
@@ -106,8 +107,6 @@ def org_command(organization_id: str, enqueue: bool, as_json: bool) -> None:
     """Back up one organization's rows now and print the manifest."""
     settings = _settings()
     if enqueue:
-        from workers.backup.tenant import validate_organization_id
-
         validate_organization_id(organization_id, settings.backup.tenant_id_pattern)
         _enqueue(settings, "backup.org", (organization_id,), as_json)
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -110,7 +111,10 @@ class _FileWriter:
         self._file.close()
 
     def close(self) -> None:
-        self._file.close()
+        # Only reached to discard the write (finish() closed it otherwise): a flush that fails here,
+        # e.g. on a full disk, must not hide the error that got us here.
+        with contextlib.suppress(OSError):
+            self._file.close()
 
 
 def _os_error(path: Path, exc: OSError) -> Exception:
