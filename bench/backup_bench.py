@@ -208,9 +208,11 @@ def report(molecules_per_org: int, results: list[Measured]) -> None:
     floor = best["a floor: pg_dump -Fc -Z0 > /dev/null"].wall_s
     original = best["b original: pg_dump -Fc > file; upload"].wall_s
     ours = next((json.loads(r.detail) for r in results if r.name == "c ours -> S3"), {})
-    print(f"\nmolecules/org {molecules_per_org:,}: pg_dump -Z0 output {ours.get('dump', 0) / MIB:,.0f} MiB, "
-          f"ours stored {ours.get('stored', 0) / MIB:,.0f} MiB (part size {ours.get('part_size', 0) / MIB:.0f} MiB)")
-    print(f"| variant | wall s | vs (a) | vs (b) | peak RSS MiB |\n|---|---:|---:|---:|---:|")
+    print(
+        f"\nmolecules/org {molecules_per_org:,}: pg_dump -Z0 output {ours.get('dump', 0) / MIB:,.0f} MiB, "
+        f"ours stored {ours.get('stored', 0) / MIB:,.0f} MiB (part size {ours.get('part_size', 0) / MIB:.0f} MiB)"
+    )
+    print("| variant | wall s | vs (a) | vs (b) | peak RSS MiB |\n|---|---:|---:|---:|---:|")
     for name, r in best.items():
         print(f"| {name} | {r.wall_s:.1f} | {r.wall_s / floor:.2f}x | {r.wall_s / original:.2f}x | "
               f"{r.peak_rss_bytes / MIB:.0f} |")  # fmt: skip
@@ -231,8 +233,11 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--organizations", type=int, default=5)
-    parser.add_argument("--molecules-per-org", default="30000,300000",
-                        help="comma-separated sizes; 300000 gives about 1.1 GB of pg_dump -Z0 output")
+    parser.add_argument(
+        "--molecules-per-org",
+        default="30000,300000",
+        help="comma-separated sizes; 300000 gives about 1.1 GB of pg_dump -Z0 output",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest is reported")
     parser.add_argument("--zstd-level", type=int, default=3)
     parser.add_argument("--zstd-threads", type=int, default=2)
