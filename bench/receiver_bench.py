@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -119,8 +120,8 @@ async def drive(port: int, concurrency: int, alerts: int, warmup_s: float, secon
     return load
 
 
-def raw_apply_async(broker_url: str, seconds: float) -> float:
-    """Tasks/s of a plain apply_async loop into the same Redis, with production's Celery configuration."""
+def raw_apply_async(broker_url: str, seconds: float) -> tuple[float, float]:
+    """Tasks/s and tasks per CPU-second of a plain apply_async loop into the same Redis, production's config."""
     from workers.app import create_app
     from workers.settings import load_settings
 
@@ -132,11 +133,11 @@ def raw_apply_async(broker_url: str, seconds: float) -> float:
 
     sent = 0
     deadline = time.perf_counter() + seconds
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     while time.perf_counter() < deadline:
         noop.apply_async(args=[sent], queue="incidents", priority=3)
         sent += 1
-    return sent / (time.perf_counter() - started)
+    return sent / (time.perf_counter() - started), sent / (time.process_time() - cpu_started)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -165,6 +166,15 @@ class RssSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the process and its children (uvicorn workers)."""
+        total = 0.0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
 
 
 def start_receiver(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -216,9 +226,15 @@ def main(argv: list[str]) -> int:
             }
             receiver = start_receiver(env, port)
             sampler = RssSampler(receiver.pid)
+            cpu_marks: list[float] = []
+            # The receiver's CPU over the measured window: from the end of the warm-up to the end of the load.
+            timer = threading.Timer(args.warmup, lambda: cpu_marks.append(sampler.cpu_s()))
+            timer.start()
             try:
                 load = asyncio.run(drive(port, args.concurrency, args.alerts_per_body, args.warmup, args.seconds))
+                cpu_marks.append(sampler.cpu_s())
             finally:
+                timer.cancel()
                 sampler.stop()
                 receiver.terminate()
                 receiver.wait(timeout=60)
@@ -226,7 +242,7 @@ def main(argv: list[str]) -> int:
             recorded, stamped = conn.execute("SELECT count(*), count(enqueued_at) FROM incidents").fetchone() or (0, 0)
         queued = sum(int(broker.llen(k)) for k in broker.keys("incidents*") if broker.type(k) == b"list")
         broker.flushdb()
-        raw_per_s = raw_apply_async(args.redis_url, min(args.seconds, 10.0))
+        raw_per_s, raw_per_cpu_s = raw_apply_async(args.redis_url, min(args.seconds, 10.0))
     finally:
         broker.flushdb()
         broker.close()
@@ -247,8 +263,12 @@ def main(argv: list[str]) -> int:
     print(f"  mean              {statistics.fmean(latencies_ms):10.1f} ms")
     print(f"  non-200 answers   {sum(load.errors.values()):10d}   {load.errors or ''}")
     print(f"  rows recorded     {recorded:10d}   enqueued_at stamped {stamped}, messages queued {queued}")
-    print(f"raw apply_async loop into the same Redis: {raw_per_s:10.1f} tasks/s")
-    print(f"  ratio receiver alerts/s : raw apply_async/s = {alerts_per_s / raw_per_s:.2f}")
+    receiver_cpu_s = cpu_marks[-1] - cpu_marks[0] if len(cpu_marks) == 2 else float("nan")
+    alerts_per_cpu_s = load.requests * args.alerts_per_body / receiver_cpu_s
+    print(f"  receiver CPU      {receiver_cpu_s:10.1f} s over the window: {alerts_per_cpu_s:.0f} alerts per CPU-second")
+    print(f"raw apply_async loop into the same Redis: {raw_per_s:10.1f} tasks/s, {raw_per_cpu_s:.0f} per CPU-second")
+    print(f"  ratio receiver alerts/s : raw apply_async/s = {alerts_per_s / raw_per_s:.2f} "
+          f"(per CPU-second: {alerts_per_cpu_s / raw_per_cpu_s:.2f})")  # fmt: skip
     print(f"peak RSS: receiver (all processes) {sampler.peak_bytes / 2**20:.0f} MiB, "
           f"bench driver {bench_rss / 2**20:.0f} MiB")  # fmt: skip
     load1, load5, _ = os.getloadavg()

@@ -9,7 +9,7 @@ from workers.settings import get_settings
 
 
 # No retries: beat runs it again every minute, and what it did not finish stays pending in the database.
-@shared_task(name="incidents.reconcile", bind=True, ignore_result=True)
+@shared_task(name="incidents.reconcile", bind=True)
 def reconcile_task(self: Task) -> dict[str, int]:
     """Fetch truncated alert groups; enqueue every recorded episode that has no incidents.handle task yet."""
     return run_reconcile(get_settings(), self.app).to_json()

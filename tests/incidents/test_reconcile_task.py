@@ -1,0 +1,47 @@
+"""incidents.reconcile on a real embedded worker through the real Redis, as beat runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from celery import Celery
+from celery.contrib.testing.worker import TestWorkController
+from sqlalchemy import Engine
+
+from beat_schedule import build_beat_schedule
+from workers.incidents.alerts import parse_notification
+from workers.incidents.intake import decode_body
+from workers.incidents.records import record_alerts
+from workers.incidents.tasks import reconcile_task
+from workers.settings import Settings
+
+from .conftest import TOKEN, incident_rows, load_case
+
+
+def test_reconcile_task_enqueues_what_the_receiver_could_not(
+    worker_app: Celery,
+    celery_worker: TestWorkController,
+    ops_env: Callable[..., Settings],
+    state_url: str,
+    engine: Engine,
+) -> None:
+    # The task reads settings when it runs: point them at this test's state database.
+    ops_env(OPS_STATE_DATABASE_URL=state_url, OPS_RECEIVER_TOKEN=TOKEN)
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    alerts = parse_notification(decode_body(load_case("01-firing-two-alerts-empty-urls.json")), long_ago).alerts
+    with engine.begin() as conn:
+        record_alerts(conn, alerts, request_id=None, at=long_ago)
+
+    result = reconcile_task.apply_async().get(timeout=60)
+
+    assert result == {"fetched_groups": 0, "fetch_failures": 0, "recorded": 0, "enqueued": 2}
+    assert all(row["enqueued_at"] is not None for row in incident_rows(engine))
+    assert reconcile_task.apply_async().get(timeout=60)["enqueued"] == 0
+
+
+def test_beat_runs_reconcile_every_minute_on_the_incidents_queue(settings: Settings) -> None:
+    entry = build_beat_schedule(settings.schedule)["incidents-reconcile"]
+    assert entry["task"] == "incidents.reconcile"
+    assert entry["options"]["queue"] == "incidents"
+    assert str(entry["schedule"]._orig_minute) == "*"
