@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -14,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from workers.backup.storage import ObjectReader, ObjectWriter, StoredObject
+from workers.backup.storage import DELETE_BATCH, ObjectReader, ObjectWriter, StoredObject
 from workers.errors import ObjectNotFound, StorageFull, StorageRefused, StorageUnavailable
 from workers.settings import S3Settings
 
@@ -239,7 +240,26 @@ class S3Store:
     def delete(self, key: str) -> None:
         self.call(key, self.client.delete_object, Key=self.object_name(key))
 
-    def discard_incomplete(self, prefix: str) -> int:
+    def delete_many(self, keys: Sequence[str]) -> None:
+        if len(keys) > DELETE_BATCH:
+            raise ValueError(f"at most {DELETE_BATCH} keys per delete_many()")
+        if not keys:
+            return
+        answer = self.call(
+            f"{len(keys)} objects", self.client.delete_objects,
+            Delete={"Objects": [{"Key": self.object_name(k)} for k in keys], "Quiet": True},
+        )  # fmt: skip
+        errors = answer.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise StorageRefused(
+                f"{self.url}: {len(errors)} of {len(keys)} deletes refused, first"
+                f" {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
+            )
+
+    def discard_incomplete(
+        self, prefix: str, *, started_before: datetime | None = None, dry_run: bool = False
+    ) -> int:
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=self.object_name(prefix)
         )
@@ -247,9 +267,12 @@ class S3Store:
         try:
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
+                    if started_before is not None and upload["Initiated"] >= started_before:
+                        continue
+                    if not dry_run:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
                     removed += 1
         except (BotoCoreError, ClientError) as exc:
             raise _translate(f"{self.url}/{prefix}", exc) from exc

@@ -7,7 +7,7 @@ import errno
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +20,7 @@ from workers.settings import BackupSettings
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
+DELETE_BATCH = 1000  # S3's DeleteObjects accepts at most 1,000 keys per request
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +81,23 @@ class BackupStore(Protocol):
         """Remove the object; a missing key is not an error."""
         ...
 
-    def discard_incomplete(self, prefix: str) -> int:
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove up to DELETE_BATCH objects in one request; missing keys are not an error.
+
+        Raises:
+            ValueError: more than DELETE_BATCH keys.
+            StorageUnavailable, StorageRefused: the store did not delete every key.
+        """
+        ...
+
+    def discard_incomplete(
+        self, prefix: str, *, started_before: datetime | None = None, dry_run: bool = False
+    ) -> int:
         """Remove unfinished writes under prefix (a killed writer's leftovers); return how many.
 
-        Only call this while holding the backup lock of the scope, or a live writer's upload is lost.
+        Only call this while holding the backup lock of the scope, or a live writer's upload is lost;
+        or with started_before well in the past (cleanup), which leaves every recent upload alone.
+        dry_run counts without removing.
         """
         ...
 
@@ -199,13 +213,33 @@ class LocalStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def discard_incomplete(self, prefix: str) -> int:
+    def delete_many(self, keys: Sequence[str]) -> None:
+        if len(keys) > DELETE_BATCH:
+            raise ValueError(f"at most {DELETE_BATCH} keys per delete_many()")
+        for key in keys:
+            try:
+                self._path(key).unlink(missing_ok=True)
+            except OSError as exc:
+                raise _os_error(self._path(key), exc) from exc
+
+    def discard_incomplete(
+        self, prefix: str, *, started_before: datetime | None = None, dry_run: bool = False
+    ) -> int:
         start = self.root / prefix
         if not start.is_dir():
             return 0
         removed = 0
         for path in start.rglob(f".*{PARTIAL_SUFFIX}"):
-            path.unlink(missing_ok=True)
+            if started_before is not None:
+                # ctime moves with every write: a partial file still being written always looks recent.
+                try:
+                    started = datetime.fromtimestamp(path.stat().st_ctime, UTC)
+                except FileNotFoundError:
+                    continue  # finished or discarded meanwhile
+                if started >= started_before:
+                    continue
+            if not dry_run:
+                path.unlink(missing_ok=True)
             removed += 1
         return removed
 
