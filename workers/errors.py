@@ -139,3 +139,12 @@ class OrganizationNotFound(UsageError):
 
 class RestoreFailed(WorkersError):
     """A restore ran and did not succeed; nothing was committed (the message names the cause)."""
+
+
+class BackupInUse(WorkersError):
+    """A backup is held by another operation (being deleted, or verified/restored); nothing was done to it."""
+
+    def __init__(self, backup_id: str, why: str) -> None:
+        super().__init__(f"backup {backup_id} is in use: {why}")
+        self.backup_id = backup_id
+

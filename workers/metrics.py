@@ -135,6 +135,53 @@ BACKUP_FAILURES = Counter(
     ["kind", "reason"],
 )
 
+# --- restore drills and cleanup (workers.backup.maintenance) ---
+BACKUP_VERIFY_LAST_SUCCESS = Gauge(
+    "ops_backup_verify_last_success_timestamp_seconds",
+    "Unix time at which a backup of this kind last passed verification (restore drill).",
+    ["kind"],
+    multiprocess_mode="max",
+)
+BACKUP_VERIFY_LAST_FAILURE = Gauge(
+    "ops_backup_verify_last_failure_timestamp_seconds",
+    "Unix time at which a backup of this kind last failed verification.",
+    ["kind"],
+    multiprocess_mode="max",
+)
+BACKUP_VERIFY_FAILURES = Counter(
+    "ops_backup_verify_failures_total",
+    "Failed verifications, by kind and reason (checksum, decode, restore, row_count, download, timeout, manifest).",
+    ["kind", "reason"],
+)
+BACKUP_VERIFY_DURATION = Histogram(
+    "ops_backup_verify_duration_seconds",
+    "Wall time of one verification (download, restore, row counts, drop), in seconds.",
+    ["kind"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400, 3600, 7200, float("inf")),
+)
+BACKUP_CLEANUP_LAST_SUCCESS = Gauge(
+    "ops_backup_cleanup_last_success_timestamp_seconds",
+    "Unix time at which backup cleanup last finished without error.",
+    multiprocess_mode="max",
+)
+BACKUP_CLEANUP_LAST_FAILURE = Gauge(
+    "ops_backup_cleanup_last_failure_timestamp_seconds",
+    "Unix time at which backup cleanup last failed.",
+    multiprocess_mode="max",
+)
+BACKUP_CLEANUP_DELETED = Counter(
+    "ops_backup_cleanup_deleted_total",
+    "Things cleanup deleted, by what (backup, orphan, incomplete_upload, scratch_database).",
+    ["what"],
+)
+BACKUP_RETENTION_HELD_SERIES = Gauge(
+    "ops_backup_retention_held_series",
+    "Series kept whole by the last cleanup because none of their recent backups passed verification.",
+    ["kind"],
+    multiprocess_mode="mostrecent",
+)
+
+
 # --- the exporter process (`ops-workers exporter`): read at scrape time by collectors ---
 # Names of the platform's existing dashboards and alerts are kept as they are (no ops_ prefix).
 SYSTEM_CPU = "system_cpu_usage_percent"

@@ -127,6 +127,8 @@ class BackupSettings:
     orphan_grace_s: float
     verify_org_sample: int
     pg_bin_dir: Path | None = None  # where pg_dump/pg_restore live; None: found on PATH
+    # Server for restore drills (throwaway databases) and backup leases; None: the platform database's server.
+    verify_database: PostgresTarget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +439,7 @@ def _read_backup(r: _Reader) -> BackupSettings:
         orphan_grace_s=r.seconds("OPS_BACKUP_ORPHAN_GRACE_S", 86400.0),
         verify_org_sample=r.integer("OPS_BACKUP_VERIFY_ORG_SAMPLE", 3),
         pg_bin_dir=r._convert("OPS_PG_BIN_DIR", None, _directory),
+        verify_database=r._convert("OPS_BACKUP_VERIFY_DATABASE_URL", None, parse_postgres_url),
     )
 
 
@@ -569,6 +572,7 @@ KNOWN_VARIABLES = frozenset(
         "OPS_BACKUP_ORPHAN_GRACE_S",
         "OPS_BACKUP_VERIFY_ORG_SAMPLE",
         "OPS_PG_BIN_DIR",
+        "OPS_BACKUP_VERIFY_DATABASE_URL",
         "OPS_RECEIVER_BIND",
         "OPS_RECEIVER_TOKEN",
         "OPS_RECEIVER_BASIC_AUTH",

@@ -94,6 +94,7 @@ backup_verifications = Table(
     Column("backup_id", String(100), nullable=False),
     Column("kind", String(8), nullable=False),  # full | org
     Column("database", String(200), nullable=False),
+    Column("organization_id", String(200), nullable=True),  # org backups
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=False),
     Column("outcome", String(16), nullable=False),  # ok | failed

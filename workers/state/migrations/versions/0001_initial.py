@@ -79,6 +79,7 @@ def upgrade() -> None:
         sa.Column("backup_id", sa.String(100), nullable=False),
         sa.Column("kind", sa.String(8), nullable=False),
         sa.Column("database", sa.String(200), nullable=False),
+        sa.Column("organization_id", sa.String(200), nullable=True),
         sa.Column("started_at", TS, nullable=False),
         sa.Column("finished_at", TS, nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),

@@ -1,0 +1,215 @@
+"""Cleanup and verification as tasks and the CLI run them: build the edges from Settings, call the core, count."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from workers import metrics
+from workers.backup.cleanup import CleanupReport, Deletion, prune
+from workers.backup.lease import deletion_claims, reading_lease
+from workers.backup.manifest import Manifest, find_manifest, read_manifest
+from workers.backup.naming import MANIFEST_SUFFIX, BackupKind, KeyParts, manifest_key, parse_key
+from workers.backup.process import find_program
+from workers.backup.retention import Policy
+from workers.backup.scratch import sweep_scratch_databases
+from workers.backup.storage import BackupStore, open_store
+from workers.backup.verification import (
+    VERIFICATION_SUFFIX,
+    VerificationResult,
+    object_key_of_verification,
+    record_in_state,
+    write_verification,
+)
+from workers.backup.verify import DrillOptions, verify_backup
+from workers.errors import BackupNotFound, ObjectNotFound, UsageError
+from workers.settings import PostgresTarget, Settings
+from workers.state.db import create_state_engine, upgrade
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+
+
+def drill_server(settings: Settings) -> PostgresTarget:
+    """Where throwaway databases and backup leases live: OPS_BACKUP_VERIFY_DATABASE_URL, else the platform's."""
+    return settings.backup.verify_database or settings.platform_database()
+
+
+def retention_policy(settings: Settings) -> Policy:
+    backup = settings.backup
+    return Policy(
+        retention_days=backup.retention_days,
+        keep_min=backup.keep_min,
+        keep_daily=backup.keep_daily,
+        keep_weekly=backup.keep_weekly,
+        keep_monthly=backup.keep_monthly,
+    )
+
+
+def drill_options(settings: Settings) -> DrillOptions:
+    return DrillOptions(
+        pg_restore=find_program("pg_restore", settings.backup.pg_bin_dir),
+        pg_dump=find_program("pg_dump", settings.backup.pg_bin_dir),
+        timeout_s=settings.backup.dump_timeout_s,
+    )
+
+
+def cleanup_backups(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    store: BackupStore | None = None,
+    now: datetime | None = None,
+    after_manifests: Callable[[Sequence[str]], None] | None = None,
+) -> CleanupReport:
+    """Apply retention, collect orphans, stale uploads and dead drills' databases; used by backup.cleanup.
+
+    Raises:
+        StorageUnavailable, StorageRefused, DatabaseUnavailable: cleanup stopped; what it deleted stays deleted.
+    """
+    store = store if store is not None else open_store(settings.backup)
+    server = drill_server(settings)
+    now = now if now is not None else datetime.now(UTC)
+    try:
+        with deletion_claims(server) as claims:
+            report = prune(
+                store,
+                retention_policy(settings),
+                claims,
+                now=now,
+                orphan_grace=timedelta(seconds=settings.backup.orphan_grace_s),
+                dry_run=dry_run,
+                after_manifests=after_manifests,
+            )
+        for name in sweep_scratch_databases(server, dry_run=dry_run):
+            report.deletions.append(
+                Deletion("scratch_database", name, "stale_scratch_database", "no live restore drill holds it")
+            )
+    except Exception:
+        if not dry_run:
+            metrics.BACKUP_CLEANUP_LAST_FAILURE.set(time.time())
+        raise
+    report.finished_at = datetime.now(UTC)
+    if not dry_run:
+        _count_cleanup(report)
+    log.info(
+        "cleanup finished",
+        extra={"dry_run": dry_run, "deleted": len(report.deletions), "held_series": len(report.held)},
+    )
+    return report
+
+
+def _count_cleanup(report: CleanupReport) -> None:
+    for what in ("backup", "orphan", "incomplete_upload", "scratch_database"):
+        metrics.BACKUP_CLEANUP_DELETED.labels(what=what).inc(report.count(what))
+    for kind in BackupKind:
+        held = sum(1 for s in report.held if s["kind"] == str(kind))
+        metrics.BACKUP_RETENTION_HELD_SERIES.labels(kind=str(kind)).set(held)
+    metrics.BACKUP_CLEANUP_LAST_SUCCESS.set(time.time())
+
+
+def _manifest_keys(store: BackupStore, kind: BackupKind | None) -> list[tuple[KeyParts, str]]:
+    prefix = f"{kind}/" if kind is not None else ""
+    found: list[tuple[KeyParts, str]] = []
+    for stored in store.list_objects(prefix):
+        if stored.key.endswith(MANIFEST_SUFFIX):
+            try:
+                found.append((parse_key(stored.key), stored.key))
+            except ValueError:
+                continue
+    return found
+
+
+def select_backup(store: BackupStore, selector: str, kind: BackupKind | None) -> Manifest:
+    """The manifest named by an id, or the newest of a kind for 'latest' (reads one manifest, not all).
+
+    Raises:
+        BackupNotFound: no such backup (or no backup of that kind at all).
+    """
+    if selector != LATEST:
+        manifest = find_manifest(store, selector)
+        if kind is not None and manifest.kind is not kind:
+            raise UsageError(f"backup {selector} is a {manifest.kind} backup, not {kind}")
+        return manifest
+    keys = _manifest_keys(store, kind or BackupKind.FULL)
+    if not keys:
+        raise BackupNotFound(f"{LATEST} {kind or BackupKind.FULL}")
+    _, newest = max(keys, key=lambda item: (item[0].taken_at, item[0].backup_id))
+    return read_manifest(store, newest)
+
+
+def verify(
+    settings: Settings, selector: str, kind: BackupKind | None = None, *, store: BackupStore | None = None
+) -> VerificationResult:
+    """Verify one backup (an id, or 'latest' of kind); record the result beside it and in the state database.
+
+    Raises:
+        BackupNotFound: no such backup, or cleanup deleted it before the drill could lease it.
+        BackupInUse: cleanup is deleting it right now.
+        StorageUnavailable, DatabaseUnavailable: a service failed; nothing was recorded (retry).
+    """
+    store = store if store is not None else open_store(settings.backup)
+    options = drill_options(settings)
+    server = drill_server(settings)
+    manifest = select_backup(store, selector, kind)
+    with reading_lease(server, manifest.id):
+        try:
+            # Read again under the lease: cleanup may have deleted it between the listing and now.
+            manifest = read_manifest(store, manifest_key(manifest.key))
+        except ObjectNotFound:
+            raise BackupNotFound(manifest.id) from None
+        swept = sweep_scratch_databases(server)
+        if swept:
+            log.warning("stale scratch databases dropped", extra={"databases": swept})
+        with metrics.BACKUP_VERIFY_DURATION.labels(kind=str(manifest.kind)).time():
+            result = verify_backup(manifest, store, server, options)
+        write_verification(store, result)
+    engine = create_state_engine(settings.state_database_url.value)
+    try:
+        upgrade(engine)
+        record_in_state(engine, result)
+    finally:
+        engine.dispose()
+    _count_verification(result)
+    return result
+
+
+def _count_verification(result: VerificationResult) -> None:
+    if result.ok:
+        metrics.BACKUP_VERIFY_LAST_SUCCESS.labels(kind=result.kind).set(time.time())
+    else:
+        metrics.BACKUP_VERIFY_LAST_FAILURE.labels(kind=result.kind).set(time.time())
+        metrics.BACKUP_VERIFY_FAILURES.labels(kind=result.kind, reason=str(result.reason)).inc()
+
+
+def org_sample(store: BackupStore, size: int) -> list[str]:
+    """Ids of the newest backup of up to `size` organizations, those verified longest ago (or never) first."""
+    newest: dict[str, KeyParts] = {}
+    for parts, _ in _manifest_keys(store, BackupKind.ORG):
+        series = f"{parts.database}/{parts.organization_id}"
+        if series not in newest or parts.taken_at > newest[series].taken_at:
+            newest[series] = parts
+    last_verified: dict[str, datetime] = {}
+    for stored in store.list_objects(f"{BackupKind.ORG}/"):
+        if stored.key.endswith(VERIFICATION_SUFFIX):
+            try:
+                parts = parse_key(object_key_of_verification(stored.key))
+            except ValueError:
+                continue
+            series = f"{parts.database}/{parts.organization_id}"
+            last_verified[series] = max(last_verified.get(series, stored.modified_at), stored.modified_at)
+    never = datetime.min.replace(tzinfo=UTC)
+    order = sorted(newest, key=lambda s: (last_verified.get(s, never), s))
+    return [newest[s].backup_id for s in order[:size]]
+
+
+def verify_org_sample(settings: Settings, *, store: BackupStore | None = None) -> list[VerificationResult]:
+    """Verify the newest backup of OPS_BACKUP_VERIFY_ORG_SAMPLE organizations; used by backup.verify_orgs."""
+    store = store if store is not None else open_store(settings.backup)
+    return [
+        verify(settings, backup_id, BackupKind.ORG, store=store)
+        for backup_id in org_sample(store, settings.backup.verify_org_sample)
+    ]
