@@ -1,0 +1,243 @@
+"""Restore drills against the real PostgreSQL, pg_dump/pg_restore and both stores."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+
+from workers.backup.cleanup import CleanupReport
+from workers.backup.maintenance import cleanup_backups, verify
+from workers.backup.manifest import Manifest, read_manifest, write_manifest
+from workers.backup.operations import take_full_backup
+from workers.backup.retention import Verification
+from workers.backup.s3 import S3Store
+from workers.backup.scratch import list_scratch_databases
+from workers.backup.storage import BackupStore, LocalStore, ObjectReader
+from workers.backup.verification import Reason, verification_of
+from workers.errors import BackupNotFound
+from workers.settings import PostgresTarget, Settings
+from workers.state.db import create_state_engine
+from workers.state.schema import backup_verifications
+
+Store = LocalStore | S3Store
+
+
+def url_of(target: PostgresTarget) -> str:
+    return f"postgresql://{target.user}@{target.host}:{target.port}/{target.dbname}"
+
+
+@pytest.fixture
+def drill_settings(ops_env: Callable[..., Settings], platform_db: PostgresTarget) -> Settings:
+    return ops_env(OPS_DATABASE_URL=url_of(platform_db))
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@contextmanager
+def no_scratch_left(server: PostgresTarget) -> Iterator[None]:
+    before = set(list_scratch_databases(server))
+    yield
+    assert set(list_scratch_databases(server)) <= before, "a throwaway database was left behind"
+
+
+def state_rows(settings: Settings) -> list[dict[str, Any]]:
+    engine = create_state_engine(settings.state_database_url.value)
+    try:
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(backup_verifications))]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_a_full_backup_verifies_and_the_result_is_recorded_everywhere(
+    kind: str, make_store: Callable[[str], Store], drill_settings: Settings, platform_db: PostgresTarget
+) -> None:
+    store = make_store(kind)
+    manifest = take_full_backup(drill_settings, store=store)
+    successes_before = metric("ops_backup_verify_last_success_timestamp_seconds", kind="full")
+
+    with no_scratch_left(platform_db):
+        result = verify(drill_settings, "latest", store=store)
+
+    assert result.ok, result.first_mismatch
+    assert result.backup_id == manifest.id
+    assert result.tables_checked == len(manifest.tables) >= 5
+    assert {"public.organizations", "public.molecules", "public.docking_jobs"} <= set(manifest.tables)
+    stored = verification_of(store, manifest)
+    assert stored is not None and stored.outcome is Verification.OK
+    [row] = state_rows(drill_settings)
+    assert (row["backup_id"], row["outcome"], row["kind"]) == (manifest.id, "ok", "full")
+    assert metric("ops_backup_verify_last_success_timestamp_seconds", kind="full") > successes_before
+
+
+def rewrite_object(store: BackupStore, manifest: Manifest, change: Callable[[bytes], bytes]) -> None:
+    data = store.get_bytes(manifest.key)
+    store.put_bytes(manifest.key, change(data))
+
+
+def flip_byte(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :]
+
+
+def truncate(data: bytes) -> bytes:
+    return data[: len(data) * 2 // 3]
+
+
+def recount(manifest: Manifest, tables: dict[str, int]) -> Manifest:
+    doc = manifest.to_json()
+    doc["tables"] = tables
+    return Manifest.from_json(json.loads(json.dumps(doc)))
+
+
+CORRUPTIONS: list[tuple[str, Callable[[BackupStore, Manifest], None], Reason, str]] = [
+    ("flipped byte", lambda s, m: rewrite_object(s, m, flip_byte), Reason.CHECKSUM, "checksum mismatch"),
+    ("truncated object", lambda s, m: rewrite_object(s, m, truncate), Reason.CHECKSUM, "checksum mismatch"),
+    (
+        "manifest count disagrees",
+        lambda s, m: write_manifest(s, recount(m, {**m.tables, "public.molecules": m.tables["public.molecules"] + 1})),
+        Reason.ROW_COUNT,
+        "public.molecules: 120 rows restored, the manifest says 121",
+    ),
+    (
+        "manifest misses a table",
+        lambda s, m: write_manifest(s, recount(m, {t: n for t, n in m.tables.items() if t != "public.pipelines"})),
+        Reason.ROW_COUNT,
+        "public.pipelines: restored but not listed in the manifest",
+    ),
+    (
+        "manifest names a table the dump lacks",
+        lambda s, m: write_manifest(s, recount(m, {**m.tables, "public.ghosts": 0})),
+        Reason.ROW_COUNT,
+        "public.ghosts: missing after restore",
+    ),
+    ("object deleted", lambda s, m: s.delete(m.key), Reason.DOWNLOAD, "not found"),
+]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason", "mismatch"), [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS]
+)
+def test_each_corruption_is_a_failed_verification(
+    corrupt: Callable[[BackupStore, Manifest], None],
+    reason: Reason,
+    mismatch: str,
+    local_store: LocalStore,
+    drill_settings: Settings,
+    platform_db: PostgresTarget,
+) -> None:
+    manifest = take_full_backup(drill_settings, store=local_store)
+    corrupt(local_store, manifest)
+    failures_before = metric("ops_backup_verify_failures_total", kind="full", reason=str(reason))
+
+    with no_scratch_left(platform_db):
+        result = verify(drill_settings, manifest.id, store=local_store)
+
+    assert result.outcome is Verification.FAILED
+    assert result.reason is reason
+    assert result.first_mismatch is not None and mismatch in result.first_mismatch
+    assert metric("ops_backup_verify_failures_total", kind="full", reason=str(reason)) == failures_before + 1
+    stored = verification_of(local_store, read_manifest(local_store, manifest.manifest_key))
+    assert stored is not None and stored.reason is reason
+    assert [r["outcome"] for r in state_rows(drill_settings)] == ["failed"]
+
+
+def test_a_flipped_byte_fails_on_s3_too(
+    s3_store: S3Store, drill_settings: Settings, platform_db: PostgresTarget
+) -> None:
+    manifest = take_full_backup(drill_settings, store=s3_store)
+    rewrite_object(s3_store, manifest, flip_byte)
+    with no_scratch_left(platform_db):
+        result = verify(drill_settings, manifest.id, store=s3_store)
+    assert (result.outcome, result.reason) == (Verification.FAILED, Reason.CHECKSUM)
+
+
+# An expression index whose function reads another table without a schema: pg_dump runs the restore
+# with an empty search_path, so building the index fails. A real, classic "restores with errors" dump.
+BROKEN_ON_RESTORE = """
+create table helper (n int); insert into helper values (1);
+create table t (x int); insert into t select generate_series(1, 100);
+create function plus_helper(int) returns int language sql immutable as 'select $1 + (select n from helper)';
+create index t_plus on t (plus_helper(x));
+"""
+
+
+def test_a_dump_that_restores_with_errors_is_a_failed_verification(
+    pg: Any, ops_env: Callable[..., Settings], local_store: LocalStore
+) -> None:
+    source = pg.create_database(seed=BROKEN_ON_RESTORE)
+    settings = ops_env(OPS_DATABASE_URL=url_of(source))
+    manifest = take_full_backup(settings, store=local_store)
+
+    with no_scratch_left(source):
+        result = verify(settings, manifest.id, store=local_store)
+
+    assert (result.outcome, result.reason) == (Verification.FAILED, Reason.RESTORE)
+    assert result.first_mismatch is not None and "pg_restore exited" in result.first_mismatch
+    assert "helper" in result.first_mismatch
+
+
+def test_an_unknown_backup_id_is_a_usage_error(local_store: LocalStore, drill_settings: Settings) -> None:
+    with pytest.raises(BackupNotFound):
+        verify(drill_settings, "20260101T000000Z-deadbeef", store=local_store)
+    with pytest.raises(BackupNotFound):
+        verify(drill_settings, "latest", store=local_store)
+
+
+class GatedStore:
+    """The real store, except that reading an object waits for a gate: holds a drill mid-restore."""
+
+    def __init__(self, store: BackupStore) -> None:
+        self._store = store
+        self.reading = threading.Event()
+        self.gate = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def open_reader(self, key: str) -> AbstractContextManager[ObjectReader]:
+        if key.endswith(".dump.zst"):
+            self.reading.set()
+            assert self.gate.wait(120), "the test never opened the gate"
+        return self._store.open_reader(key)
+
+
+def test_verify_and_cleanup_at_the_same_time(
+    local_store: LocalStore, drill_settings: Settings, platform_db: PostgresTarget
+) -> None:
+    # Three newer verified backups make the one under test expendable; cleanup runs "60 days later".
+    target = take_full_backup(drill_settings, store=local_store)
+    for _ in range(3):
+        verify(drill_settings, take_full_backup(drill_settings, store=local_store).id, store=local_store)
+    later = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1)
+    gated = GatedStore(local_store)
+    outcome: list[object] = []
+    drill = threading.Thread(
+        target=lambda: outcome.append(verify(drill_settings, target.id, store=gated))  # type: ignore[arg-type]
+    )
+    drill.start()
+    try:
+        assert gated.reading.wait(60), "the drill never started reading"
+        report: CleanupReport = cleanup_backups(drill_settings, store=local_store, now=later)
+        assert report.skipped_in_use == [target.id]
+        assert [d.key for d in report.deletions if d.what == "scratch_database"] == []
+    finally:
+        gated.gate.set()
+        drill.join(120)
+    [result] = outcome
+    assert result.ok  # type: ignore[attr-defined]
+
+    report = cleanup_backups(drill_settings, store=local_store, now=later)
+    assert [d.backup_id for d in report.deletions if d.what == "backup"] == [target.id]
+    assert verification_of(local_store, target) is None
