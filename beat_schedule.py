@@ -42,4 +42,22 @@ def build_beat_schedule(schedule: ScheduleSettings) -> dict[str, dict[str, Any]]
             # A run not started within the minute is superseded by the next one.
             "options": {"queue": "incidents", "expires": 50},
         },
+        "backup-verify-daily": {
+            # Restore-drill the newest full backup (taken at OPS_SCHEDULE_BACKUP_FULL, earlier).
+            "task": "backup.verify",
+            "schedule": cron(schedule.backup_verify),
+            "args": ("latest", "full"),
+            "options": {"queue": "backups"},
+        },
+        "backup-verify-orgs-daily": {
+            # The newest backup of OPS_BACKUP_VERIFY_ORG_SAMPLE organizations, least recently verified first.
+            "task": "backup.verify_orgs",
+            "schedule": cron(schedule.backup_verify_orgs),
+            "options": {"queue": "backups"},
+        },
+        "backup-cleanup-weekly": {
+            "task": "backup.cleanup",
+            "schedule": cron(schedule.backup_cleanup),
+            "options": {"queue": "backups"},
+        },
     }

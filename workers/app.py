@@ -14,7 +14,7 @@ QUEUES = ("incidents", "backups", "default")
 PRIORITY_STEPS = list(range(10))
 REDBEAT_KEY_PREFIX = "redbeat"  # workers.beat_state reads REDBEAT_KEY_PREFIX:lock and :schedule
 PRIORITY_SEP = ":"  # list names: incidents, incidents:1 ... incidents:9 (workers.queues reads them)
-TASK_MODULES = ["workers.tasks", "workers.incidents.tasks", "workers.backup.tasks"]
+TASK_MODULES = ["workers.tasks", "workers.incidents.tasks", "workers.backup.tasks", "workers.backup.maintenance_tasks"]
 
 
 def create_app(settings: Settings, *, name: str = "workers") -> Celery:
