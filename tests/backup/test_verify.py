@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from tests.backup.test_cleanup import stored_backup
 from workers.backup.cleanup import CleanupReport
 from workers.backup.maintenance import cleanup_backups, verify
 from workers.backup.manifest import Manifest, read_manifest, write_manifest
@@ -216,10 +217,11 @@ class GatedStore:
 def test_verify_and_cleanup_at_the_same_time(
     local_store: LocalStore, drill_settings: Settings, platform_db: PostgresTarget
 ) -> None:
-    # Three newer verified backups make the one under test expendable; cleanup runs "60 days later".
+    # Three newer verified backups (a day apart: backup ids have one-second resolution) make the one
+    # under test expendable; cleanup runs a year later.
     target = take_full_backup(drill_settings, store=local_store)
-    for _ in range(3):
-        verify(drill_settings, take_full_backup(drill_settings, store=local_store).id, store=local_store)
+    for days in (1, 2, 3):
+        stored_backup(local_store, -days, database=target.database, verified=Verification.OK)
     later = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1)
     gated = GatedStore(local_store)
     outcome: list[object] = []
@@ -230,7 +232,7 @@ def test_verify_and_cleanup_at_the_same_time(
     try:
         assert gated.reading.wait(60), "the drill never started reading"
         report: CleanupReport = cleanup_backups(drill_settings, store=local_store, now=later)
-        assert report.skipped_in_use == [target.id]
+        assert report.skipped_in_use == [target.id], report.to_json()
         assert [d.key for d in report.deletions if d.what == "scratch_database"] == []
     finally:
         gated.gate.set()
