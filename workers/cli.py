@@ -12,6 +12,7 @@ import click
 
 from workers import __version__
 from workers.backup.commands import backup_group
+from workers.backup.maintenance_commands import cleanup_command, verify_command
 from workers.checks import run_probes
 from workers.demo import SeedSize, seed
 from workers.embedded import Embedded, embedded_environment
@@ -254,6 +255,8 @@ def receiver_env(settings: Settings) -> dict[str, str]:
 
 cli.add_command(receiver)
 cli.add_command(incidents)
+backup_group.add_command(cleanup_command)
+backup_group.add_command(verify_command)
 cli.add_command(backup_group)
 
 

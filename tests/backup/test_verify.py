@@ -15,9 +15,10 @@ from sqlalchemy import select
 
 from tests.backup.test_cleanup import stored_backup
 from workers.backup.cleanup import CleanupReport
-from workers.backup.maintenance import cleanup_backups, verify
+from workers.backup.maintenance import cleanup_backups, org_sample, verify
 from workers.backup.manifest import Manifest, read_manifest, write_manifest
-from workers.backup.operations import take_full_backup
+from workers.backup.naming import BackupKind
+from workers.backup.operations import organization_ids, take_full_backup, take_org_backup
 from workers.backup.retention import Verification
 from workers.backup.s3 import S3Store
 from workers.backup.scratch import list_scratch_databases
@@ -243,3 +244,44 @@ def test_verify_and_cleanup_at_the_same_time(
     report = cleanup_backups(drill_settings, store=local_store, now=later)
     assert [d.backup_id for d in report.deletions if d.what == "backup"] == [target.id]
     assert verification_of(local_store, target) is None
+
+
+def test_an_org_backup_is_restored_into_a_scratch_database_with_the_schema_and_compared(
+    local_store: LocalStore, drill_settings: Settings, platform_db: PostgresTarget
+) -> None:
+    organization_id = organization_ids(drill_settings)[0]
+    manifest = take_org_backup(drill_settings, organization_id, store=local_store)
+
+    with no_scratch_left(platform_db):
+        result = verify(drill_settings, "latest", BackupKind.ORG, store=local_store)
+
+    assert result.ok, result.first_mismatch
+    assert (result.backup_id, result.kind, result.organization_id) == (manifest.id, "org", organization_id)
+    assert result.tables_checked == len(manifest.tables) >= 5
+    assert metric("ops_backup_verify_last_success_timestamp_seconds", kind="org") > 0
+
+
+def test_an_org_backup_whose_manifest_counts_disagree_fails(
+    local_store: LocalStore, drill_settings: Settings, platform_db: PostgresTarget
+) -> None:
+    manifest = take_org_backup(drill_settings, organization_ids(drill_settings)[1], store=local_store)
+    write_manifest(local_store, recount(manifest, {**manifest.tables, "public.molecules": 1}))
+
+    with no_scratch_left(platform_db):
+        result = verify(drill_settings, manifest.id, store=local_store)
+
+    assert (result.outcome, result.reason) == (Verification.FAILED, Reason.ROW_COUNT)
+
+
+def test_the_org_sample_prefers_organizations_verified_longest_ago(
+    local_store: LocalStore, drill_settings: Settings
+) -> None:
+    first, second, third = organization_ids(drill_settings)[:3]
+    verified = take_org_backup(drill_settings, first, store=local_store)
+    assert verify(drill_settings, verified.id, store=local_store).ok
+    never = take_org_backup(drill_settings, second, store=local_store)
+
+    assert org_sample(local_store, 1) == [never.id]
+    assert org_sample(local_store, 5) == [never.id, verified.id]  # each organization once, at most 5
+    also_never = take_org_backup(drill_settings, third, store=local_store)
+    assert set(org_sample(local_store, 2)) == {never.id, also_never.id}

@@ -8,11 +8,14 @@ import time
 
 import click
 
+from workers.backup.maintenance import verification_index, verification_summary
 from workers.backup.manifest import Manifest
 from workers.backup.naming import BackupKind
 from workers.backup.operations import backup, backups, restore_backup, take_full_backup, take_org_backup
+from workers.backup.storage import open_store
 from workers.backup.stream import Progress
 from workers.backup.tenant import validate_organization_id
+from workers.backup.verification import VerificationResult, verification_of
 from workers.errors import ConfigError
 from workers.logs import configure_logging
 from workers.settings import Settings, get_settings
@@ -57,9 +60,12 @@ def _done(progress: Progress | None) -> None:
         click.echo("", err=True)
 
 
-def _show_manifest(manifest: Manifest, as_json: bool) -> None:
+def _show_manifest(manifest: Manifest, as_json: bool, verification: VerificationResult | None = None) -> None:
     if as_json:
-        _echo_json(manifest.to_json())
+        doc = manifest.to_json()
+        if verification is not None:
+            doc["verification"] = verification.to_json()
+        _echo_json(doc)
         return
     scope = manifest.database if manifest.organization_id is None else f"{manifest.database}/{manifest.organization_id}"
     click.echo(f"{manifest.id}  {manifest.kind:<4}  {scope}  {manifest.size_bytes:,} bytes  sha256 {manifest.sha256}")
@@ -121,21 +127,35 @@ def org_command(organization_id: str, enqueue: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of manifests.")
 def list_command(kind: str | None, as_json: bool) -> None:
     """Every backup in the store (a backup is an object with its manifest), newest first."""
-    found = backups(_settings(), BackupKind(kind) if kind else None)
+    settings = _settings()
+    found = backups(settings, BackupKind(kind) if kind else None)
+    checks = verification_index(settings, BackupKind(kind) if kind else None)
     if as_json:
-        _echo_json([m.to_json() for m in found])
+        _echo_json([{**m.to_json(), "verification": _verification_json(checks.get(m.id))} for m in found])
         return
     for manifest in found:
         scope = manifest.organization_id or manifest.database
-        click.echo(f"{manifest.id}  {manifest.kind:<4}  {scope}  {manifest.size_bytes:>14,} bytes")
+        click.echo(
+            f"{manifest.id}  {manifest.kind:<4}  {scope}  {manifest.size_bytes:>14,} bytes"
+            f"  {verification_summary(checks.get(manifest.id))}"
+        )
+
+
+def _verification_json(result: VerificationResult | None) -> dict[str, object] | None:
+    return None if result is None else result.to_json()
 
 
 @backup_group.command("show")
 @click.argument("backup_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def show_command(backup_id: str, as_json: bool) -> None:
-    """One backup's manifest."""
-    _show_manifest(backup(_settings(), backup_id), as_json)
+    """One backup's manifest and its latest verification."""
+    settings = _settings()
+    manifest = backup(settings, backup_id)
+    verification = verification_of(open_store(settings.backup), manifest)
+    _show_manifest(manifest, as_json, verification)
+    if not as_json:
+        click.echo(f"  verification: {verification_summary(verification)}")
 
 
 @backup_group.command("restore")

@@ -16,13 +16,18 @@ import psycopg
 
 from workers.backup.connection import connect, connection_error
 from workers.errors import BackupInUse
-from workers.settings import PostgresTarget
+from workers.settings import PostgresTarget, Settings
 
 log = logging.getLogger(__name__)
 
 LEASE_NAMESPACE = "ops-workers.backup-lease:"
 # How long a reader waits for a deletion in progress (which holds the exclusive lock briefly).
 READER_WAIT_S = 30.0
+
+
+def lease_server(settings: Settings) -> PostgresTarget:
+    """Where leases and throwaway databases live: OPS_BACKUP_VERIFY_DATABASE_URL, else the platform's server."""
+    return settings.backup.verify_database or settings.platform_database()
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from workers import metrics
 from workers.backup.cleanup import CleanupReport, Deletion, prune
-from workers.backup.lease import deletion_claims, reading_lease
+from workers.backup.lease import deletion_claims, lease_server, reading_lease
 from workers.backup.manifest import Manifest, find_manifest, read_manifest
 from workers.backup.naming import MANIFEST_SUFFIX, BackupKind, KeyParts, manifest_key, parse_key
 from workers.backup.process import find_program
@@ -21,21 +21,17 @@ from workers.backup.verification import (
     VerificationResult,
     object_key_of_verification,
     record_in_state,
+    verifications_in,
     write_verification,
 )
 from workers.backup.verify import DrillOptions, verify_backup
 from workers.errors import BackupNotFound, ObjectNotFound, UsageError
-from workers.settings import PostgresTarget, Settings
+from workers.settings import Settings
 from workers.state.db import create_state_engine, upgrade
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
-
-
-def drill_server(settings: Settings) -> PostgresTarget:
-    """Where throwaway databases and backup leases live: OPS_BACKUP_VERIFY_DATABASE_URL, else the platform's."""
-    return settings.backup.verify_database or settings.platform_database()
 
 
 def retention_policy(settings: Settings) -> Policy:
@@ -54,6 +50,8 @@ def drill_options(settings: Settings) -> DrillOptions:
         pg_restore=find_program("pg_restore", settings.backup.pg_bin_dir),
         pg_dump=find_program("pg_dump", settings.backup.pg_bin_dir),
         timeout_s=settings.backup.dump_timeout_s,
+        schema_source=settings.database,
+        tenant_column=settings.backup.tenant_column,
     )
 
 
@@ -71,7 +69,7 @@ def cleanup_backups(
         StorageUnavailable, StorageRefused, DatabaseUnavailable: cleanup stopped; what it deleted stays deleted.
     """
     store = store if store is not None else open_store(settings.backup)
-    server = drill_server(settings)
+    server = lease_server(settings)
     now = now if now is not None else datetime.now(UTC)
     try:
         with deletion_claims(server) as claims:
@@ -153,7 +151,7 @@ def verify(
     """
     store = store if store is not None else open_store(settings.backup)
     options = drill_options(settings)
-    server = drill_server(settings)
+    server = lease_server(settings)
     manifest = select_backup(store, selector, kind)
     with reading_lease(server, manifest.id):
         try:
@@ -213,3 +211,17 @@ def verify_org_sample(settings: Settings, *, store: BackupStore | None = None) -
         verify(settings, backup_id, BackupKind.ORG, store=store)
         for backup_id in org_sample(store, settings.backup.verify_org_sample)
     ]
+
+
+def verification_index(settings: Settings, kind: BackupKind | None = None) -> dict[str, VerificationResult]:
+    """Backup id -> its latest verification, for `backup list` (one listing, one read per record)."""
+    return verifications_in(open_store(settings.backup), f"{kind}/" if kind is not None else "")
+
+
+def verification_summary(result: VerificationResult | None) -> str:
+    """One line for `backup list` / `backup show`."""
+    if result is None:
+        return "unverified"
+    if result.ok:
+        return f"verified {result.finished_at:%Y-%m-%d %H:%M}Z"
+    return f"FAILED {result.finished_at:%Y-%m-%d %H:%M}Z ({result.reason}): {result.first_mismatch}"

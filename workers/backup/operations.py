@@ -14,6 +14,7 @@ from psycopg import sql
 from workers import metrics
 from workers.backup.connection import connect
 from workers.backup.dump import DumpOptions, create_full_backup
+from workers.backup.lease import lease_server, reading_lease
 from workers.backup.lock import backup_lock
 from workers.backup.manifest import Manifest, find_manifest, list_manifests
 from workers.backup.naming import BackupKind, is_backup_id, new_backup_id, scope_prefix
@@ -207,23 +208,25 @@ def restore_backup(
     store = open_store(settings.backup)
     manifest = backup(settings, backup_id)
     target = source.with_dbname(target_db)
-    if manifest.kind is BackupKind.FULL:
-        return restore_full(
+    # A shared lease: cleanup never deletes a backup while it is being restored.
+    with reading_lease(lease_server(settings), manifest.id):
+        if manifest.kind is BackupKind.FULL:
+            return restore_full(
+                manifest,
+                store,
+                target,
+                source=source.with_dbname(manifest.database),
+                pg_restore=find_program("pg_restore", settings.backup.pg_bin_dir),
+                force=force,
+                timeout_s=settings.backup.dump_timeout_s,
+                progress=progress,
+            )
+        return restore_org(
             manifest,
             store,
             target,
             source=source.with_dbname(manifest.database),
-            pg_restore=find_program("pg_restore", settings.backup.pg_bin_dir),
+            tenant_column=settings.backup.tenant_column,
             force=force,
-            timeout_s=settings.backup.dump_timeout_s,
             progress=progress,
         )
-    return restore_org(
-        manifest,
-        store,
-        target,
-        source=source.with_dbname(manifest.database),
-        tenant_column=settings.backup.tenant_column,
-        force=force,
-        progress=progress,
-    )

@@ -7,6 +7,7 @@ checksum mismatch, a decode error or a restore error is a failed verification, n
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from workers.backup.dump import client_env
 from workers.backup.manifest import Manifest
 from workers.backup.naming import BackupKind
 from workers.backup.process import run_streaming
+from workers.backup.restore import restore_org
 from workers.backup.retention import Verification
 from workers.backup.scratch import scratch_database
 from workers.backup.storage import BackupStore
@@ -31,6 +33,7 @@ from workers.errors import (
     CommandTimedOut,
     CorruptBackup,
     ObjectNotFound,
+    RestoreFailed,
 )
 from workers.settings import PostgresTarget
 
@@ -44,6 +47,9 @@ class DrillOptions:
     pg_restore: str  # absolute path (process.find_program)
     pg_dump: str  # for the schema an org backup is restored into
     timeout_s: float
+    # The database whose schema an org backup is restored into (its source); None: org drills refused.
+    schema_source: PostgresTarget | None = None
+    tenant_column: str = "organization_id"
 
 
 class _Mismatch(Exception):
@@ -68,9 +74,7 @@ def pg_restore_argv(pg_restore: str, dbname: str) -> list[str]:
     ]
 
 
-def restore_full_archive(
-    target: PostgresTarget, store: BackupStore, manifest: Manifest, options: DrillOptions
-) -> None:
+def restore_full_archive(target: PostgresTarget, store: BackupStore, manifest: Manifest, options: DrillOptions) -> None:
     """Stream a full backup through the checksum check and zstd into pg_restore on target.
 
     Raises:
@@ -85,6 +89,39 @@ def restore_full_archive(
             timeout_s=options.timeout_s,
             source=reader,
         )
+
+
+def load_schema(target: PostgresTarget, source: PostgresTarget, options: DrillOptions) -> None:
+    """Give target the schema of source (pg_dump --schema-only): what an org backup is restored into.
+
+    The schema-only archive is small (no rows), so it is held in memory between the two programs.
+
+    Raises:
+        CommandFailed, CommandTimedOut: pg_dump or pg_restore did not succeed.
+    """
+    archive = io.BytesIO()
+    dump_argv = [options.pg_dump, "--schema-only", "--format=custom", "--no-password"]
+    run_streaming(dump_argv, env=client_env(source), timeout_s=options.timeout_s, sink=archive)
+    archive.seek(0)
+    run_streaming(
+        pg_restore_argv(options.pg_restore, target.dbname),
+        env=client_env(target),
+        timeout_s=options.timeout_s,
+        source=archive,
+    )
+
+
+def restore_org_archive(target: PostgresTarget, store: BackupStore, manifest: Manifest, options: DrillOptions) -> None:
+    """Load the org backup's rows into target after giving it the source's schema.
+
+    Raises:
+        _Mismatch: no schema source is configured.
+        ChecksumMismatch, CorruptBackup, RestoreFailed, CommandFailed, CommandTimedOut: see restore_org.
+    """
+    if options.schema_source is None:
+        raise _Mismatch(Reason.SERVER, "no schema source for org backups (OPS_DATABASE_URL not set)")
+    load_schema(target, options.schema_source.with_dbname(manifest.database), options)
+    restore_org(manifest, store, target, source=None, tenant_column=options.tenant_column, force=False)
 
 
 def compare_row_counts(target: PostgresTarget, expected: Mapping[str, int], *, exhaustive: bool) -> int:
@@ -111,9 +148,7 @@ def compare_row_counts(target: PostgresTarget, expected: Mapping[str, int], *, e
                     Reason.ROW_COUNT, f"{name}: {restored} rows restored, the manifest says {expected[name]}"
                 )
         if exhaustive:
-            rows = conn.execute(
-                "SELECT schemaname || '.' || relname FROM pg_stat_user_tables ORDER BY 1"
-            ).fetchall()
+            rows = conn.execute("SELECT schemaname || '.' || relname FROM pg_stat_user_tables ORDER BY 1").fetchall()
             extra = [str(r[0]) for r in rows if str(r[0]) not in expected]
             if extra:
                 raise _Mismatch(Reason.ROW_COUNT, f"{extra[0]}: restored but not listed in the manifest")
@@ -125,11 +160,15 @@ def _drill(scratch: PostgresTarget, store: BackupStore, manifest: Manifest, opti
         if manifest.kind is BackupKind.FULL:
             restore_full_archive(scratch, store, manifest, options)
         else:
-            raise _Mismatch(Reason.RESTORE, "org backups cannot be restored by this version")
+            restore_org_archive(scratch, store, manifest, options)
     except ChecksumMismatch as exc:
         raise _Mismatch(Reason.CHECKSUM, str(exc)) from exc
     except CorruptBackup as exc:
-        raise _Mismatch(Reason.DECODE, str(exc)) from exc
+        # restore_org compares what it loaded with the manifest's counts itself and says so.
+        reason = Reason.ROW_COUNT if "differ from the manifest" in str(exc) else Reason.DECODE
+        raise _Mismatch(reason, str(exc)) from exc
+    except RestoreFailed as exc:
+        raise _Mismatch(Reason.RESTORE, str(exc)) from exc
     except ObjectNotFound as exc:
         raise _Mismatch(Reason.DOWNLOAD, str(exc)) from exc
     except CommandTimedOut as exc:
