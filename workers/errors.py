@@ -148,3 +148,40 @@ class BackupInUse(WorkersError):
         super().__init__(f"backup {backup_id} is in use: {why}")
         self.backup_id = backup_id
 
+
+class IncidentNotFound(UsageError):
+    """No incident has this id."""
+
+    def __init__(self, incident_id: int) -> None:
+        super().__init__(f"no incident with id {incident_id}")
+        self.incident_id = incident_id
+
+
+class ActionError(WorkersError):
+    """A remediation action could not do what it was asked; the runner records it as failed."""
+
+
+class UnsafeParameter(ActionError):
+    """A parameter, after label substitution, would leave its lane (a path outside the roots, a flag)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"parameter {field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class PathNotAllowed(UnsafeParameter):
+    """A path resolves outside every allowed root (directly, through '..' or through a symlink)."""
+
+    def __init__(self, field: str, path: str) -> None:
+        super().__init__(field, f"{path!r} is outside the allowed roots")
+        self.path = path
+
+
+class NotificationFailed(WorkersError):
+    """A notification channel refused or could not be reached after every attempt."""
+
+    def __init__(self, channel: str, reason: str) -> None:
+        super().__init__(f"{channel}: {reason}")
+        self.channel = channel
+        self.reason = reason

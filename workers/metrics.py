@@ -108,6 +108,44 @@ INCIDENTS_ENQUEUE_FAILURES = Counter(
     "ops_incidents_enqueue_failures_total",
     "Times the broker could not take incidents.handle tasks; reconcile sends them later.",
     ["source"],
+
+
+# --- incidents and remediation ---
+INCIDENTS = Counter(
+    "ops_incidents_total",
+    "Alert episodes handled (firing), by alert name and severity.",
+    ["alertname", "severity"],
+)
+INCIDENTS_ACTIVE = Gauge(
+    "ops_incidents_active",
+    "Incidents not yet resolved (active or acknowledged), by severity, as of the last change.",
+    ["severity"],
+    multiprocess_mode="mostrecent",
+)
+REMEDIATION_ACTIONS = Counter(
+    "ops_remediation_actions_total",
+    "Remediation action attempts, by action and outcome (ok, failed, skipped_<reason>).",
+    ["action", "outcome"],
+)
+PLAYBOOK_RUNS = Counter(
+    "ops_playbook_runs_total",
+    "Playbook runs finished, by playbook and outcome (completed, failed, escalated, skipped_<reason>).",
+    ["playbook", "outcome"],
+)
+NOTIFICATIONS = Counter(
+    "ops_notifications_total",
+    "Notifications sent, by channel and outcome (ok, failed, unconfigured).",
+    ["channel", "outcome"],
+)
+ALERT_TO_ACTION = Histogram(
+    "ops_alert_to_action_seconds",
+    "Time from the receiver accepting an alert to the first remediation action starting, in seconds.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf")),
+)
+REMEDIATION_PAUSED = Gauge(
+    "ops_remediation_paused",
+    "1 while remediation is paused globally (ops-workers remediation pause), else 0.",
+    multiprocess_mode="mostrecent",
 )
 
 # --- backups (recorded by workers.backup.operations, the edge that knows each outcome) ---

@@ -143,6 +143,45 @@ class ReceiverSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RemediationSettings:
+    """Incident playbooks and the safety rails around them."""
+
+    playbooks_file: Path | None  # None: the bundled default playbooks
+    dry_run: bool  # global: every action only reports what it would do
+    allowed_roots: tuple[Path, ...]  # file and log actions never touch anything outside these
+    cooldown_s: float  # default per (playbook, target); a playbook may set its own
+    budget_per_hour: int  # runs per playbook per hour
+    flap_threshold: int  # more fired-and-resolved episodes than this in the window: escalate instead
+    flap_window_s: float
+    lock_ttl_s: float  # per-target lock; renewed while a run is alive, expires when its worker died
+    action_timeout_s: float  # default deadline of one action
+    exclude_users: tuple[str, ...]  # PostgreSQL roles whose sessions are never cancelled or terminated
+    exclude_applications: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    """Notification channels; a channel without its address set is off."""
+
+    pagerduty_routing_key: Secret | None
+    pagerduty_url: str
+    ticket_url: Secret | None
+    ticket_token: Secret | None
+    slack_webhook_url: Secret | None
+    smtp_host: str | None
+    smtp_port: int
+    smtp_user: str | None
+    smtp_password: Secret | None
+    smtp_from: str
+    smtp_to: tuple[str, ...]
+    smtp_starttls: bool
+    smtp_ca_file: Path | None
+    timeout_s: float
+    attempts: int
+    backoff_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class FlowerSettings:
     bind: Bind
     basic_auth: Secret | None
@@ -173,6 +212,8 @@ class Settings:
     backup: BackupSettings
     receiver: ReceiverSettings
     flower: FlowerSettings
+    remediation: RemediationSettings
+    notify: NotifySettings
     metrics_dir: Path | None  # PROMETHEUS_MULTIPROC_DIR: metrics of prefork children are shared here
     exporter: ExporterSettings
 
@@ -467,6 +508,53 @@ def _read_receiver(r: _Reader) -> ReceiverSettings:
     )
 
 
+def _read_remediation(r: _Reader, var_dir: Path) -> RemediationSettings:
+    playbooks = r.optional("OPS_PLAYBOOKS")
+    playbooks_file = Path(playbooks).expanduser().absolute() if playbooks else None
+    r.check("OPS_PLAYBOOKS", playbooks_file is None or playbooks_file.is_file(), "must name an existing YAML file")
+    roots = r.csv("OPS_REMEDIATION_ALLOWED_ROOTS", (str(var_dir / "tmp"), str(var_dir / "logs")))
+    r.check("OPS_REMEDIATION_ALLOWED_ROOTS", all(Path(p).is_absolute() for p in roots), "every root must be absolute")
+    return RemediationSettings(
+        playbooks_file=playbooks_file,
+        dry_run=r.boolean("OPS_REMEDIATION_DRY_RUN", False),
+        allowed_roots=tuple(Path(p) for p in roots),
+        cooldown_s=r.seconds("OPS_REMEDIATION_COOLDOWN_S", 900.0),
+        budget_per_hour=r.integer("OPS_REMEDIATION_BUDGET_PER_HOUR", 6, minimum=1),
+        flap_threshold=r.integer("OPS_REMEDIATION_FLAP_THRESHOLD", 3, minimum=1),
+        flap_window_s=r.seconds("OPS_REMEDIATION_FLAP_WINDOW_S", 3600.0, minimum=1),
+        lock_ttl_s=r.seconds("OPS_REMEDIATION_LOCK_TTL_S", 60.0, minimum=1),
+        action_timeout_s=r.seconds("OPS_REMEDIATION_ACTION_TIMEOUT_S", 60.0, minimum=0.1),
+        exclude_users=r.csv("OPS_REMEDIATION_EXCLUDE_USERS", ()),
+        exclude_applications=r.csv("OPS_REMEDIATION_EXCLUDE_APPLICATIONS", ()),
+    )
+
+
+def _read_notify(r: _Reader) -> NotifySettings:
+    for name in ("OPS_PAGERDUTY_URL", "OPS_TICKET_WEBHOOK_URL", "OPS_SLACK_WEBHOOK_URL"):
+        value = r.optional(name)
+        r.check(name, value is None or value.startswith(("http://", "https://")), "must be an http(s) URL")
+    ca_file = r.optional("OPS_SMTP_CA_FILE")
+    r.check("OPS_SMTP_CA_FILE", ca_file is None or Path(ca_file).is_file(), "must name an existing PEM file")
+    return NotifySettings(
+        pagerduty_routing_key=r.secret("OPS_PAGERDUTY_ROUTING_KEY"),
+        pagerduty_url=r.string("OPS_PAGERDUTY_URL", "https://events.pagerduty.com/v2/enqueue"),
+        ticket_url=r.secret("OPS_TICKET_WEBHOOK_URL"),
+        ticket_token=r.secret("OPS_TICKET_WEBHOOK_TOKEN"),
+        slack_webhook_url=r.secret("OPS_SLACK_WEBHOOK_URL"),
+        smtp_host=r.optional("OPS_SMTP_HOST"),
+        smtp_port=r.integer("OPS_SMTP_PORT", 587, minimum=1, maximum=65535),
+        smtp_user=r.optional("OPS_SMTP_USER"),
+        smtp_password=r.secret("OPS_SMTP_PASSWORD"),
+        smtp_from=r.string("OPS_SMTP_FROM", "ops-workers@localhost"),
+        smtp_to=r.csv("OPS_SMTP_TO", ()),
+        smtp_starttls=r.boolean("OPS_SMTP_STARTTLS", True),
+        smtp_ca_file=Path(ca_file) if ca_file else None,
+        timeout_s=r.seconds("OPS_NOTIFY_TIMEOUT_S", 10.0, minimum=0.1),
+        attempts=r.integer("OPS_NOTIFY_ATTEMPTS", 3, minimum=1, maximum=10),
+        backoff_s=r.seconds("OPS_NOTIFY_BACKOFF_S", 1.0),
+    )
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build Settings from OPS_* variables; raise ConfigError listing every problem."""
     r = _Reader(environ)
@@ -491,6 +579,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         backup=_read_backup(r),
         receiver=_read_receiver(r),
         flower=FlowerSettings(bind=r.bind("OPS_FLOWER_BIND", "127.0.0.1:5555"), basic_auth=flower_auth),
+        remediation=_read_remediation(r, var_dir),
+        notify=_read_notify(r),
         metrics_dir=Path(environ["PROMETHEUS_MULTIPROC_DIR"]) if environ.get("PROMETHEUS_MULTIPROC_DIR") else None,
         exporter=ExporterSettings(
             bind=r.bind("OPS_EXPORTER_BIND", "127.0.0.1:9545"),
@@ -586,5 +676,32 @@ KNOWN_VARIABLES = frozenset(
         "OPS_EXPORTER_DISK_MOUNTS",
         "OPS_EXPORTER_PING_TIMEOUT_S",
         "OPS_CELERY_EXPORTER_BIND",
+        "OPS_PLAYBOOKS",
+        "OPS_REMEDIATION_DRY_RUN",
+        "OPS_REMEDIATION_ALLOWED_ROOTS",
+        "OPS_REMEDIATION_COOLDOWN_S",
+        "OPS_REMEDIATION_BUDGET_PER_HOUR",
+        "OPS_REMEDIATION_FLAP_THRESHOLD",
+        "OPS_REMEDIATION_FLAP_WINDOW_S",
+        "OPS_REMEDIATION_LOCK_TTL_S",
+        "OPS_REMEDIATION_ACTION_TIMEOUT_S",
+        "OPS_REMEDIATION_EXCLUDE_USERS",
+        "OPS_REMEDIATION_EXCLUDE_APPLICATIONS",
+        "OPS_PAGERDUTY_ROUTING_KEY",
+        "OPS_PAGERDUTY_URL",
+        "OPS_TICKET_WEBHOOK_URL",
+        "OPS_TICKET_WEBHOOK_TOKEN",
+        "OPS_SLACK_WEBHOOK_URL",
+        "OPS_SMTP_HOST",
+        "OPS_SMTP_PORT",
+        "OPS_SMTP_USER",
+        "OPS_SMTP_PASSWORD",
+        "OPS_SMTP_FROM",
+        "OPS_SMTP_TO",
+        "OPS_SMTP_STARTTLS",
+        "OPS_SMTP_CA_FILE",
+        "OPS_NOTIFY_TIMEOUT_S",
+        "OPS_NOTIFY_ATTEMPTS",
+        "OPS_NOTIFY_BACKOFF_S",
     }
 )

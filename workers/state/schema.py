@@ -86,6 +86,21 @@ alert_fetches = Table(
 )
 Index("ix_alert_fetches_pending", alert_fetches.c.fetched_at)
 
+# One playbook run per episode: redelivery of incidents.handle resumes or finds it finished.
+remediation_runs = Table(
+    "remediation_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("incident_id", Id, ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False),
+    Column("playbook", String(200), nullable=False),
+    Column("target", String(500), nullable=False),
+    Column("status", String(32), nullable=False),  # running | completed | failed | escalated | skipped_* ...
+    Column("attempts", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("incident_id", name="uq_remediation_runs_incident"),
+)
+
 # One row per verification attempt of a backup (restore drill).
 backup_verifications = Table(
     "backup_verifications",

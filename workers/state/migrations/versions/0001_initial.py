@@ -74,6 +74,18 @@ def upgrade() -> None:
     )
     op.create_index("ix_alert_fetches_pending", "alert_fetches", ["fetched_at"])
     op.create_table(
+        "remediation_runs",
+        sa.Column("id", Id, primary_key=True, autoincrement=True),
+        sa.Column("incident_id", Id, sa.ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("playbook", sa.String(200), nullable=False),
+        sa.Column("target", sa.String(500), nullable=False),
+        sa.Column("status", sa.String(32), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("started_at", TS, nullable=False),
+        sa.Column("finished_at", TS, nullable=True),
+        sa.UniqueConstraint("incident_id", name="uq_remediation_runs_incident"),
+    )
+    op.create_table(
         "backup_verifications",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column("backup_id", sa.String(100), nullable=False),
@@ -93,5 +105,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("backup_verifications")
     op.drop_table("alert_fetches")
+    op.drop_table("remediation_runs")
     op.drop_table("incident_actions")
     op.drop_table("incidents")

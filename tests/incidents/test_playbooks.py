@@ -1,0 +1,143 @@
+"""Playbooks load from YAML into frozen values; every mistake names the file, the playbook and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workers.errors import ConfigError, UnsafeParameter
+from workers.incidents.playbooks import (
+    DEFAULT_PLAYBOOKS,
+    load_playbooks,
+    matches,
+    parse_duration,
+    parse_playbooks,
+)
+from workers.incidents.templates import render
+
+VALID = """
+commands:
+  restart: ["/bin/true", "{labels.service}"]
+playbooks:
+  - name: db
+    match: {alertname: DatabaseConnectionHigh, severity: "~critical|warning"}
+    target: "{labels.instance}"
+    cooldown: 15m
+    steps:
+      - action: postgres.terminate_queries
+        params: {min_duration: 5m, states: [active, "idle in transaction"]}
+        on_failure: continue
+      - action: command.run
+        params: {command: restart}
+    notify: [slack]
+"""
+
+
+def test_bundled_default_playbooks_cover_the_original_alerts() -> None:
+    catalog = load_playbooks(None)
+    assert catalog.source == str(DEFAULT_PLAYBOOKS)
+    for alertname in (
+        "HighErrorRate",
+        "DatabaseConnectionHigh",
+        "HighMemoryUsage",
+        "LowDiskSpace",
+        "APIServiceDown",
+        "QueueBacklogHigh",
+        "BackupTooOld",
+        "BackupVerificationFailing",
+    ):
+        assert catalog.playbook_for({"alertname": alertname}) is not None, alertname
+    assert catalog.playbook_for({"alertname": "SomethingElse"}) is None
+
+
+def test_valid_file_becomes_typed_values() -> None:
+    catalog = parse_playbooks(VALID, "ops.yaml")
+    playbook = catalog.playbook_for({"alertname": "DatabaseConnectionHigh", "severity": "critical"})
+    assert playbook is not None and playbook.cooldown_s == 900.0
+    assert playbook.steps[0].params["min_duration"] == 300.0
+    assert playbook.steps[0].params["states"] == ("active", "idle in transaction")
+    assert playbook.steps[0].params["limit"] == 50  # the declared default
+    assert catalog.commands["restart"] == ("/bin/true", "{labels.service}")
+    assert catalog.channels_for("critical", playbook) == ("pagerduty", "slack")
+    assert catalog.channels_for("info", None) == ("log",)
+    assert catalog.playbook_for({"alertname": "DatabaseConnectionHigh", "severity": "info"}) is None
+
+
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [
+        ("action: postgres.terminate_queries", "action: postgres.kill_everything"),
+        ("min_duration: 5m", "min_duration: soon"),
+        ('states: [active, "idle in transaction"]', "states: [active, sleeping]"),
+        ("params: {command: restart}", "params: {}"),
+        ("params: {command: restart}", "params: {command: reboot}"),
+        ("on_failure: continue", "on_failure: retry"),
+        ("cooldown: 15m", "cooldown: [1]"),
+        ("notify: [slack]", "notify: [carrier-pigeon]"),
+        ("min_duration: 5m", 'min_duration: 5m, limit: "{labels.limit}"'),
+    ],
+)
+def test_each_mistake_names_file_playbook_and_field(broken: str, expected: str) -> None:
+    text = VALID.replace(broken, expected)
+    with pytest.raises(ConfigError) as caught:
+        parse_playbooks(text, "/etc/ops/playbooks.yaml")
+    message = str(caught.value)
+    assert "/etc/ops/playbooks.yaml: playbook 'db'" in message, message
+
+
+def test_messages_name_the_exact_field() -> None:
+    text = VALID.replace("min_duration: 5m", "min_duration: soon").replace(
+        "params: {command: restart}", "params: {}"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_playbooks(text, "ops.yaml")
+    problems = caught.value.problems
+    assert any("steps[0].params.min_duration: must be a duration" in p for p in problems), problems
+    assert any("steps[1].params.command: required by command.run" in p for p in problems), problems
+
+
+def test_shell_strings_are_refused_as_commands() -> None:
+    text = VALID.replace('restart: ["/bin/true", "{labels.service}"]', 'restart: "/bin/systemctl restart x"')
+    with pytest.raises(ConfigError, match=r"commands\.restart: must be a non-empty argv list"):
+        parse_playbooks(text, "ops.yaml")
+
+
+def test_missing_operator_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the playbooks file"):
+        load_playbooks(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("30s", 30.0), ("5m", 300.0), ("1.5h", 5400.0), ("2d", 172800.0), ("250ms", 0.25), (90, 90.0)],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["5 minutes", "-1s", -3, True, "m5", ""])
+def test_parse_duration_refuses(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    ("matchers", "labels", "expected"),
+    [
+        ({"alertname": "A"}, {"alertname": "A"}, True),
+        ({"alertname": "A"}, {"alertname": "AB"}, False),
+        ({"severity": "~crit.*"}, {"severity": "critical"}, True),
+        ({"severity": "~crit"}, {"severity": "critical"}, False),  # full match only
+        ({"queue": "x"}, {}, False),
+    ],
+)
+def test_matches(matchers: dict[str, str], labels: dict[str, str], expected: bool) -> None:
+    assert matches(matchers, labels) is expected
+
+
+def test_render_is_one_pass_and_refuses_missing_labels() -> None:
+    labels = {"instance": "{vars.secret}", "path": "../../etc"}
+    assert render("f", "/x/{labels.instance}", labels, {"secret": "s3cr3t"}) == "/x/{vars.secret}"
+    with pytest.raises(UnsafeParameter, match=r"labels\.nope is not set"):
+        render("f", "{labels.nope}", labels, {})

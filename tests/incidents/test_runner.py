@@ -1,0 +1,345 @@
+"""The runner with its safety rails, against the real state database and Redis."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import REGISTRY
+from sqlalchemy import Engine
+
+from tests.incidents.conftest import RecordingServer, insert_incident, minutes_ago, set_alert_status
+from workers.incidents.audit import AuditTrail
+from workers.incidents.lifecycle import load_incident
+from workers.incidents.operations import handle_incident, pause_remediation, resume_remediation
+from workers.settings import Settings
+
+PLAYBOOKS = """
+commands:
+  mark: ["/bin/sh", "-c", "echo run >> {mark_file}"]
+  slow: ["/bin/sh", "-c", "echo slow >> {mark_file}; sleep 2"]
+  fail: ["/bin/false"]
+playbooks:
+  - name: mark
+    match: {{alertname: Mark}}
+    target: "{{labels.instance}}"
+    cooldown: 15m
+    steps:
+      - action: command.run
+        params: {{command: mark}}
+  - name: slow
+    match: {{alertname: Slow}}
+    target: "{{labels.instance}}"
+    cooldown: 0s
+    steps:
+      - action: command.run
+        params: {{command: slow}}
+  - name: budgeted
+    match: {{alertname: Budgeted}}
+    target: "{{labels.instance}}"
+    cooldown: 0s
+    budget_per_hour: 2
+    steps:
+      - action: command.run
+        params: {{command: mark}}
+  - name: dry
+    match: {{alertname: Dry}}
+    target: "{{labels.instance}}"
+    dry_run: true
+    steps:
+      - action: command.run
+        params: {{command: mark}}
+  - name: checked
+    match: {{alertname: Checked}}
+    target: "{{labels.instance}}"
+    steps:
+      - action: command.run
+        params: {{command: mark}}
+    check:
+      action: http.check
+      params: {{url: "{health_url}/healthz", expect_status: 200}}
+  - name: failing
+    match: {{alertname: Failing}}
+    target: "{{labels.instance}}"
+    steps:
+      - action: command.run
+        params: {{command: fail}}
+        on_failure: continue
+      - action: command.run
+        params: {{command: mark}}
+        on_failure: stop
+"""
+
+
+def _settings(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, **extra: str
+) -> tuple[Settings, Path]:
+    mark_file = tmp_path / "marks.txt"
+    text = PLAYBOOKS.format(mark_file=mark_file, health_url=extra.pop("health_url", "http://127.0.0.1:9"))
+    settings = ops_env(OPS_PLAYBOOKS=str(playbook_file(text)), **extra)
+    return settings, mark_file
+
+
+def _marks(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _outcomes(state_db: Engine, incident_id: int) -> list[tuple[str, str]]:
+    return [(r.action, r.outcome) for r in AuditTrail(state_db).records(incident_id)]
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_runs_once_per_episode_even_when_delivered_twice(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
+) -> None:
+    settings, marks = _settings(ops_env, playbook_file, tmp_path)
+    incident_id = insert_incident(state_db, "Mark", labels={"instance": "db-1"})
+
+    first = handle_incident(settings, incident_id)
+    second = handle_incident(settings, incident_id)
+
+    assert first["status"] == "completed"
+    assert second["status"] == "already_completed"
+    assert _marks(marks) == 1
+    assert [o for o in _outcomes(state_db, incident_id) if o[0] == "command.run"] == [("command.run", "ok")]
+
+
+def test_cooldown_per_playbook_and_target(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
+) -> None:
+    settings, marks = _settings(ops_env, playbook_file, tmp_path)
+    before = _sample("ops_remediation_actions_total", action="command.run", outcome="skipped_cooldown")
+    first = insert_incident(state_db, "Mark", labels={"instance": "db-1"}, fingerprint="a")
+    again = insert_incident(state_db, "Mark", labels={"instance": "db-1"}, fingerprint="b")
+    other = insert_incident(state_db, "Mark", labels={"instance": "db-2"}, fingerprint="c")
+
+    assert handle_incident(settings, first)["status"] == "completed"
+    assert handle_incident(settings, again)["status"] == "skipped_cooldown"
+    assert handle_incident(settings, other)["status"] == "completed"
+
+    assert _marks(marks) == 2
+    assert ("command.run", "skipped_cooldown") in _outcomes(state_db, again)
+    assert (
+        _sample("ops_remediation_actions_total", action="command.run", outcome="skipped_cooldown")
+        == before + 1
+    )
+
+
+def test_hourly_budget_per_playbook(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
+) -> None:
+    settings, marks = _settings(ops_env, playbook_file, tmp_path)
+    ids = [
+        insert_incident(state_db, "Budgeted", labels={"instance": f"h{i}"}, fingerprint=f"f{i}")
+        for i in range(3)
+    ]
+
+    statuses = [handle_incident(settings, i)["status"] for i in ids]
+
+    assert statuses == ["completed", "completed", "skipped_budget"]
+    assert _marks(marks) == 2
+    assert ("command.run", "skipped_budget") in _outcomes(state_db, ids[2])
+
+
+def test_flapping_alert_is_escalated_instead_of_remediated(
+    ops_env: Callable[..., Settings],
+    playbook_file: Callable[[str], Path],
+    tmp_path: Path,
+    state_db: Engine,
+    recording_server: Callable[[], RecordingServer],
+) -> None:
+    pagerduty = recording_server()
+    settings, marks = _settings(
+        ops_env,
+        playbook_file,
+        tmp_path,
+        OPS_REMEDIATION_FLAP_THRESHOLD="3",
+        OPS_PAGERDUTY_ROUTING_KEY="rk-test",
+        OPS_PAGERDUTY_URL=f"{pagerduty.url}/v2/enqueue",
+    )
+    for minutes in (50, 40, 30, 20):
+        insert_incident(
+            state_db,
+            "Mark",
+            labels={"instance": "db-1"},
+            fingerprint="flappy",
+            alert_status="resolved",
+            starts_at=minutes_ago(minutes),
+        )
+    incident_id = insert_incident(state_db, "Mark", labels={"instance": "db-1"}, fingerprint="flappy")
+
+    report = handle_incident(settings, incident_id)
+
+    assert report["status"] == "skipped_flapping"
+    assert _marks(marks) == 0
+    [page] = pagerduty.wait_for(1)
+    assert page.body["event_action"] == "trigger" and page.body["dedup_key"] == "flappy"
+    assert ("notify.pagerduty", "ok") in _outcomes(state_db, incident_id)
+
+
+def test_pause_stops_remediation_until_resumed(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
+) -> None:
+    settings, marks = _settings(ops_env, playbook_file, tmp_path)
+    pause_remediation(settings, "alice", "maintenance window")
+    paused = insert_incident(state_db, "Mark", labels={"instance": "db-1"}, fingerprint="p1")
+    assert handle_incident(settings, paused)["status"] == "skipped_paused"
+    assert _marks(marks) == 0
+
+    assert resume_remediation(settings) is True
+    later = insert_incident(state_db, "Mark", labels={"instance": "db-1"}, fingerprint="p2")
+    assert handle_incident(settings, later)["status"] == "completed"
+    assert _marks(marks) == 1
+
+
+def test_dry_run_global_and_per_playbook_touches_nothing(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
+) -> None:
+    settings, marks = _settings(ops_env, playbook_file, tmp_path)
+    per_playbook = insert_incident(state_db, "Dry", labels={"instance": "x"})
+    assert handle_incident(settings, per_playbook)["status"] == "dry_run"
+    assert ("command.run", "skipped_dry_run") in _outcomes(state_db, per_playbook)
+
+    settings, marks = _settings(ops_env, playbook_file, tmp_path, OPS_REMEDIATION_DRY_RUN="true")
+    globally = insert_incident(state_db, "Mark", labels={"instance": "y"})
+    assert handle_incident(settings, globally)["status"] == "dry_run"
+    [row] = [r for r in AuditTrail(state_db).records(globally) if r.action == "command.run"]
+    assert row.outcome == "skipped_dry_run" and row.detail is not None and "would run mark" in str(row.detail)
+    assert _marks(marks) == 0
+
+
+def test_two_incidents_never_act_on_one_target_at_once(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
+) -> None:
+    settings, marks = _settings(ops_env, playbook_file, tmp_path)
+    slow = insert_incident(state_db, "Slow", labels={"instance": "shared"}, fingerprint="s1")
+    other = insert_incident(state_db, "Mark", labels={"instance": "shared"}, fingerprint="s2")
+    results: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: results.update(slow=handle_incident(settings, slow)))
+    runner.start()
+    # The slow step writes its mark first, then sleeps while holding the target's lock.
+    deadline = threading.Event()
+    for _ in range(100):
+        if _marks(marks) >= 1:
+            break
+        deadline.wait(0.05)
+    assert _marks(marks) == 1, "the slow playbook did not start"
+
+    assert handle_incident(settings, other)["status"] == "skipped_locked"
+    runner.join(timeout=30)
+    assert results["slow"]["status"] == "completed"  # type: ignore[index]
+    assert ("command.run", "skipped_locked") in _outcomes(state_db, other)
+
+
+def test_failing_post_check_escalates(
+    ops_env: Callable[..., Settings],
+    playbook_file: Callable[[str], Path],
+    tmp_path: Path,
+    state_db: Engine,
+    recording_server: Callable[[], RecordingServer],
+) -> None:
+    pagerduty, health = recording_server(), recording_server()
+    health.statuses.extend([503])
+    settings, _ = _settings(
+        ops_env,
+        playbook_file,
+        tmp_path,
+        health_url=health.url,
+        OPS_PAGERDUTY_ROUTING_KEY="rk-test",
+        OPS_PAGERDUTY_URL=f"{pagerduty.url}/v2/enqueue",
+    )
+    incident_id = insert_incident(state_db, "Checked", severity="warning", labels={"instance": "api-1"})
+
+    report = handle_incident(settings, incident_id)
+
+    assert report["status"] == "escalated"
+    assert _outcomes(state_db, incident_id)[:2] == [("command.run", "ok"), ("http.check", "failed")]
+    [page] = pagerduty.wait_for(1)
+    assert page.body["event_action"] == "trigger"
+
+
+def test_on_failure_continue_and_stop(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
+) -> None:
+    settings, marks = _settings(ops_env, playbook_file, tmp_path)
+    incident_id = insert_incident(state_db, "Failing", labels={"instance": "z"})
+
+    report = handle_incident(settings, incident_id)
+
+    assert report["status"] == "completed"
+    assert _marks(marks) == 1
+    assert [o for o in _outcomes(state_db, incident_id) if o[0] == "command.run"] == [
+        ("command.run", "failed"),
+        ("command.run", "ok"),
+    ]
+    [failed] = [r for r in AuditTrail(state_db).records(incident_id) if r.outcome == "failed"]
+    assert failed.error == "fail exited with 1" and failed.finished_at is not None
+
+
+def test_resolved_episode_closes_and_never_remediates(
+    ops_env: Callable[..., Settings],
+    playbook_file: Callable[[str], Path],
+    tmp_path: Path,
+    state_db: Engine,
+    recording_server: Callable[[], RecordingServer],
+) -> None:
+    pagerduty = recording_server()
+    settings, marks = _settings(
+        ops_env,
+        playbook_file,
+        tmp_path,
+        OPS_PAGERDUTY_ROUTING_KEY="rk-test",
+        OPS_PAGERDUTY_URL=f"{pagerduty.url}/v2/enqueue",
+    )
+    incident_id = insert_incident(
+        state_db, "Mark", severity="critical", labels={"instance": "db-9"}, fingerprint="ep9"
+    )
+    assert handle_incident(settings, incident_id)["status"] == "completed"
+    set_alert_status(state_db, incident_id, "resolved")
+
+    report = handle_incident(settings, incident_id)
+    handle_incident(settings, incident_id)  # redelivered: sends nothing twice
+
+    assert report["status"] == "resolved"
+    assert _marks(marks) == 1
+    pages = pagerduty.wait_for(2)
+    assert [(p.body["event_action"], p.body["dedup_key"]) for p in pages] == [
+        ("trigger", "ep9"),
+        ("resolve", "ep9"),
+    ]
+    incident = load_incident(state_db, incident_id)
+    assert incident.status == "resolved" and incident.resolved_at is not None
+    assert incident.postmortem is not None
+    assert "# Post-mortem draft: Mark" in incident.postmortem and "command.run" in incident.postmortem
+    assert "pagerduty (resolve): ok" in incident.postmortem
+
+
+def test_alert_without_playbook_is_routed_by_severity(
+    ops_env: Callable[..., Settings],
+    playbook_file: Callable[[str], Path],
+    tmp_path: Path,
+    state_db: Engine,
+    recording_server: Callable[[], RecordingServer],
+) -> None:
+    ticket = recording_server()
+    settings, _ = _settings(
+        ops_env,
+        playbook_file,
+        tmp_path,
+        OPS_TICKET_WEBHOOK_URL=f"{ticket.url}/tickets",
+        OPS_TICKET_WEBHOOK_TOKEN="tkt-secret",
+    )
+    warning = insert_incident(state_db, "Unknown", severity="warning", fingerprint="u1")
+    info = insert_incident(state_db, "Unknown", severity="info", fingerprint="u2")
+
+    assert handle_incident(settings, warning)["status"] == "no_playbook"
+    assert handle_incident(settings, info)["status"] == "no_playbook"
+
+    [opened] = ticket.wait_for(1)
+    assert opened.body["incident_id"] == warning and opened.headers["Authorization"] == "Bearer tkt-secret"
+    assert _outcomes(state_db, info) == [("notify.log", "ok")]
+    assert "tkt-secret" not in str(AuditTrail(state_db).records(warning))

@@ -1,0 +1,105 @@
+"""Run an allow-listed command: argv from the configuration, never a shell; fixed environment and cwd."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+
+from workers.errors import ActionError, UnsafeParameter
+from workers.incidents.actions.base import (
+    ActionContext,
+    ActionResult,
+    ActionSpec,
+    Kind,
+    Param,
+    ParamValue,
+    text,
+)
+from workers.incidents.templates import render
+
+OUTPUT_LIMIT_BYTES = 4000
+FIXED_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+WORKING_DIRECTORY = "/"
+# A label substituted into an argument must look like a name: no leading dash (an option), no
+# whitespace, no shell or path syntax. The command never runs through a shell anyway.
+SAFE_ARGUMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@=-]{0,127}")
+_PR_SET_PDEATHSIG = 1
+
+PARAMS: Mapping[str, Param] = {
+    "command": Param(Kind.TEXT, required=True),  # a name from `commands:` in the playbooks file
+}
+
+
+def _die_with_parent() -> None:
+    # Linux: the child is killed when the worker process running the action dies, even by SIGKILL.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def check_label_argument(field: str, value: str) -> str:
+    """value, when it may stand as one command-line argument.
+
+    Raises:
+        UnsafeParameter: value starts with '-', holds whitespace, path or shell syntax, or is empty.
+    """
+    if not SAFE_ARGUMENT.fullmatch(value):
+        raise UnsafeParameter(field, f"label value {value!r} is not a plain name")
+    return value
+
+
+def run_command(params: Mapping[str, ParamValue], ctx: ActionContext) -> ActionResult:
+    """Run the named allow-listed argv with a deadline; ok when it exits 0. Output is captured and truncated.
+
+    Raises:
+        ActionError: the command is not in the allow-list or cannot be started.
+        UnsafeParameter: a label substituted into the argv is not a plain name.
+    """
+    name = text(params, "command")
+    template = ctx.commands.get(name)
+    if template is None:
+        raise ActionError(f"command {name!r} is not in the allow-list")
+    argv = [
+        render(f"commands.{name}", part, ctx.labels, ctx.variables, check_label_argument) for part in template
+    ]
+    if ctx.dry_run:
+        return ActionResult(True, f"would run {name}", {"command": name, "argv": argv})
+    with tempfile.TemporaryFile() as output:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=FIXED_ENV,
+                cwd=WORKING_DIRECTORY,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            raise ActionError(f"command {name!r} could not start: {exc.strerror or exc}") from exc
+        timed_out = False
+        try:
+            returncode = proc.wait(timeout=ctx.timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            returncode = proc.wait()
+            timed_out = True
+        size = output.tell()
+        output.seek(max(0, size - OUTPUT_LIMIT_BYTES))
+        tail = output.read().decode("utf-8", "replace")
+    detail = {
+        "command": name,
+        "argv": argv,
+        "returncode": returncode,
+        "output": tail,
+        "output_truncated": size > OUTPUT_LIMIT_BYTES,
+        "timed_out": timed_out,
+    }
+    if timed_out:
+        return ActionResult(False, f"{name} killed after {ctx.timeout_s:g}s", detail)
+    return ActionResult(returncode == 0, f"{name} exited with {returncode}", detail)
+
+
+RUN = ActionSpec(run_command, PARAMS, "run an allow-listed command")

@@ -1,0 +1,184 @@
+"""Incident operations for tasks, the CLI and the HTTP API: wire the edges from Settings, call the core."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+from sqlalchemy import Engine
+
+from workers import metrics
+from workers.incidents.archive import DirectoryArchive
+from workers.incidents.audit import AuditTrail
+from workers.incidents.lifecycle import (
+    Incident,
+    acknowledge,
+    active_by_severity,
+    list_incidents,
+    load_incident,
+    mark_resolved,
+    store_postmortem,
+)
+from workers.incidents.notify import build_channels
+from workers.incidents.playbooks import Catalog, load_playbooks
+from workers.incidents.postmortem import draft_postmortem
+from workers.incidents.rails import Rails
+from workers.incidents.runner import Edges, RunReport, run_playbook, send_notifications
+from workers.settings import Settings
+from workers.state.db import create_state_engine
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+@functools.cache
+def state_engine(url: str) -> Engine:
+    """One engine (and connection pool) per state database URL in this process."""
+    return create_state_engine(url)
+
+
+@functools.cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+
+
+def catalog_of(settings: Settings) -> Catalog:
+    """The validated playbooks (OPS_PLAYBOOKS or the bundled default). Raises ConfigError."""
+    return load_playbooks(settings.remediation.playbooks_file)
+
+
+def rails_of(settings: Settings) -> Rails:
+    return Rails(_redis(settings.broker_url.value), settings.remediation.lock_ttl_s)
+
+
+def _archive(settings: Settings) -> DirectoryArchive:
+    store = settings.backup.store
+    root = Path(store[len("file://") :]) if store.startswith("file://") else settings.var_dir / "archive"
+    return DirectoryArchive(root)
+
+
+def build_edges(settings: Settings, celery_app: Celery | None = None) -> Edges:
+    engine = state_engine(settings.state_database_url.value)
+    return Edges(
+        settings=settings,
+        trail=AuditTrail(engine),
+        rails=rails_of(settings),
+        channels=build_channels(settings.notify),
+        archive=_archive(settings),
+        clock=now_utc,
+        celery_app=celery_app,
+    )
+
+
+def _refresh_active_gauge(engine: Engine) -> None:
+    counts = active_by_severity(engine)
+    for severity in {"critical", "warning", "info", *counts}:
+        metrics.INCIDENTS_ACTIVE.labels(severity=severity).set(counts.get(severity, 0))
+
+
+def close_incident(incident: Incident, catalog: Catalog, edges: Edges) -> RunReport:
+    """Resolve the incident (never remediate): resolve notifications, a post-mortem draft when critical."""
+    resolved, changed = mark_resolved(edges.trail.engine, incident.id, edges.clock())
+    playbook = catalog.playbook_for(resolved.labels)
+    notified = send_notifications(resolved, catalog, playbook, edges, "resolve", {"status": "resolved"})
+    if resolved.severity == "critical" and (changed or resolved.postmortem is None):
+        store_postmortem(
+            edges.trail.engine, resolved.id, draft_postmortem(resolved, edges.trail.records(resolved.id))
+        )
+    _refresh_active_gauge(edges.trail.engine)
+    return RunReport(incident.id, playbook.name if playbook else None, "resolved", (), tuple(notified))
+
+
+def handle_incident(
+    settings: Settings, incident_id: int, celery_app: Celery | None = None
+) -> dict[str, object]:
+    """Act on one recorded episode: run its playbook once while firing, close it once resolved.
+
+    Raises:
+        IncidentNotFound: no such incident.
+        ConfigError: the playbooks file is invalid.
+        DatabaseUnavailable, BrokerUnavailable: retry later.
+    """
+    catalog = catalog_of(settings)
+    edges = build_edges(settings, celery_app)
+    incident = load_incident(edges.trail.engine, incident_id)
+    if not incident.is_firing or incident.status == "resolved":
+        return close_incident(incident, catalog, edges).to_json()
+    playbook = catalog.playbook_for(incident.labels)
+    if playbook is None:
+        if not edges.trail.records(incident.id):
+            metrics.INCIDENTS.labels(alertname=incident.alertname, severity=incident.severity).inc()
+        notified = send_notifications(incident, catalog, None, edges, "trigger", {"playbook": "none"})
+        report = RunReport(incident.id, None, "no_playbook", (), tuple(notified))
+    else:
+        report = run_playbook(incident, playbook, catalog, edges)
+    _refresh_active_gauge(edges.trail.engine)
+    return report.to_json()
+
+
+def acknowledge_incident(settings: Settings, incident_id: int, by: str) -> Incident:
+    """Mark an incident acknowledged. Raises IncidentNotFound, UsageError."""
+    engine = state_engine(settings.state_database_url.value)
+    incident = acknowledge(engine, incident_id, by, now_utc())
+    log.info("incident acknowledged", extra={"incident_id": incident_id, "by": incident.acknowledged_by})
+    return incident
+
+
+def resolve_incident(settings: Settings, incident_id: int) -> Incident:
+    """Resolve an incident by hand: same closing as an automatic resolve. Raises IncidentNotFound."""
+    edges = build_edges(settings)
+    close_incident(load_incident(edges.trail.engine, incident_id), catalog_of(settings), edges)
+    log.info("incident resolved by hand", extra={"incident_id": incident_id})
+    return load_incident(edges.trail.engine, incident_id)
+
+
+def incident_document(settings: Settings, incident_id: int) -> dict[str, Any]:
+    """The incident with its audit trail (`actions`) and post-mortem, as JSON-ready values."""
+    engine = state_engine(settings.state_database_url.value)
+    incident = load_incident(engine, incident_id)
+    trail = AuditTrail(engine)
+    return {
+        **incident.to_json(),
+        "run_status": trail.run_status(incident_id),
+        "actions": [r.to_json() for r in trail.records(incident_id)],
+        "postmortem": incident.postmortem,
+    }
+
+
+def incidents_document(settings: Settings, status: str | None, limit: int) -> list[dict[str, Any]]:
+    engine = state_engine(settings.state_database_url.value)
+    return [i.to_json() for i in list_incidents(engine, status=status, limit=limit)]
+
+
+def pause_remediation(settings: Settings, by: str, reason: str) -> None:
+    rails_of(settings).pause(by, reason)
+    metrics.REMEDIATION_PAUSED.set(1)
+    log.warning("remediation paused", extra={"by": by, "reason": reason})
+
+
+def resume_remediation(settings: Settings) -> bool:
+    resumed = rails_of(settings).resume()
+    metrics.REMEDIATION_PAUSED.set(0)
+    log.warning("remediation resumed", extra={"was_paused": resumed})
+    return resumed
+
+
+def remediation_status(settings: Settings) -> dict[str, object]:
+    paused = rails_of(settings).paused()
+    return {
+        "paused": paused is not None,
+        "pause": paused,
+        "dry_run": settings.remediation.dry_run,
+        "playbooks": [p.name for p in catalog_of(settings).playbooks],
+        "dry_run_playbooks": [p.name for p in catalog_of(settings).playbooks if p.dry_run],
+    }

@@ -1,0 +1,308 @@
+"""run_playbook(), the one runner: gates (pause, flapping, lock, cooldown, budget), steps, check, notify."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from workers import metrics
+from workers.errors import WorkersError
+from workers.incidents.actions.base import ActionContext, ActionResult, ArchiveStore, ParamValue
+from workers.incidents.actions.registry import ACTIONS
+from workers.incidents.audit import RUNNING, AuditTrail
+from workers.incidents.lifecycle import Incident, recent_episodes
+from workers.incidents.notify import Notification, Notifier, notify_all
+from workers.incidents.playbooks import Catalog, OnFailure, Playbook, Step, matches
+from workers.incidents.rails import Rails
+from workers.incidents.templates import render
+from workers.logs import log_context
+from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+OK, FAILED = "ok", "failed"
+SKIPPED_CONDITION = "skipped_condition"
+
+
+@dataclass(frozen=True, slots=True)
+class Edges:
+    """What the runner acts through; operations.py builds it from Settings, tests from their own parts."""
+
+    settings: Settings
+    trail: AuditTrail
+    rails: Rails
+    channels: Mapping[str, Notifier]
+    archive: ArchiveStore
+    clock: Callable[[], datetime]
+    celery_app: Celery | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    incident_id: int
+    playbook: str | None
+    status: (
+        str  # completed | failed | escalated | dry_run | skipped_<reason> | no_playbook | already_<status>
+    )
+    steps: tuple[tuple[str, str], ...] = ()  # (action, outcome) of the steps this call ran or skipped
+    notified: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (channel, outcome)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "incident_id": self.incident_id,
+            "playbook": self.playbook,
+            "status": self.status,
+            "steps": [list(s) for s in self.steps],
+            "notified": [list(n) for n in self.notified],
+        }
+
+
+def _render_params(step: Step, incident: Incident, catalog: Catalog) -> dict[str, ParamValue]:
+    spec = ACTIONS[step.action].params
+    rendered: dict[str, ParamValue] = {}
+    for name, value in step.params.items():
+        declared = spec[name]
+        if isinstance(value, str) and declared.templated:
+            escape: Callable[[str, str], str] = (
+                (lambda _f, v: quote(v, safe="")) if declared.url_quoted else (lambda _f, v: v)
+            )
+            rendered[name] = render(f"params.{name}", value, incident.labels, catalog.variables, escape)
+        elif isinstance(value, str):
+            rendered[name] = render(f"params.{name}", value, {}, catalog.variables)
+        else:
+            rendered[name] = value
+    return rendered
+
+
+def _record_metric(action: str, outcome: str) -> None:
+    metrics.REMEDIATION_ACTIONS.labels(action=action, outcome=outcome).inc()
+
+
+class _Run:
+    """One attempt at one incident's playbook; holds the per-attempt bookkeeping."""
+
+    def __init__(
+        self, incident: Incident, playbook: Playbook, catalog: Catalog, edges: Edges, dry_run: bool
+    ) -> None:
+        self.incident, self.playbook, self.catalog, self.edges = incident, playbook, catalog, edges
+        self.dry_run = dry_run
+        self.outcomes: dict[str, str] = {}  # step id -> outcome, for if_failed
+        self.ran: list[tuple[str, str]] = []
+        self.first_action_seen = False
+
+    def skip_all(self, outcome: str, detail: Mapping[str, object]) -> None:
+        """Record every step as skipped with the gate's reason."""
+        now = self.edges.clock()
+        for index, step in enumerate(self.playbook.steps):
+            self.edges.trail.record(self.incident.id, index, step.action, step.params, outcome, now, detail)
+            _record_metric(step.action, outcome)
+            self.ran.append((step.action, outcome))
+
+    def execute(self, index: int, step: Step) -> str:
+        """Run one step (or record why it is skipped); return its outcome."""
+        trail, now = self.edges.trail, self.edges.clock()
+        if not matches(step.when, self.incident.labels) or (
+            step.if_failed and self.outcomes.get(step.if_failed) != FAILED
+        ):
+            trail.record(
+                self.incident.id,
+                index,
+                step.action,
+                step.params,
+                SKIPPED_CONDITION,
+                now,
+                {"when": dict(step.when), "if_failed": step.if_failed},
+            )
+            _record_metric(step.action, SKIPPED_CONDITION)
+            return SKIPPED_CONDITION
+        try:
+            params = _render_params(step, self.incident, self.catalog)
+        except WorkersError as exc:
+            trail.record(self.incident.id, index, step.action, step.params, FAILED, now, None, str(exc))
+            _record_metric(step.action, FAILED)
+            return FAILED
+        row = trail.start(self.incident.id, index, step.action, params, now)
+        if not self.first_action_seen:
+            self.first_action_seen = True
+            metrics.ALERT_TO_ACTION.observe(max(0.0, (now - self.incident.received_at).total_seconds()))
+        context = ActionContext(
+            settings=self.edges.settings,
+            dry_run=self.dry_run,
+            timeout_s=step.timeout_s or self.edges.settings.remediation.action_timeout_s,
+            commands=self.catalog.commands,
+            archive=self.edges.archive,
+            labels=self.incident.labels,
+            variables=self.catalog.variables,
+            celery_app=self.edges.celery_app,
+        )
+        result, error = self._call(step, params, context)
+        outcome = FAILED if result is None or not result.ok else ("skipped_dry_run" if self.dry_run else OK)
+        detail = {"summary": result.summary, **result.detail} if result is not None else None
+        trail.finish(row, outcome, self.edges.clock(), detail, error)
+        _record_metric(step.action, outcome)
+        log.info(
+            "playbook step finished",
+            extra={
+                "step": index,
+                "action": step.action,
+                "outcome": outcome,
+                "summary": result.summary if result else error,
+            },
+        )
+        return outcome
+
+    def _call(
+        self, step: Step, params: Mapping[str, ParamValue], context: ActionContext
+    ) -> tuple[ActionResult | None, str | None]:
+        try:
+            result = ACTIONS[step.action].run(params, context)
+        except WorkersError as exc:
+            return None, str(exc)
+        except Exception as exc:
+            # One broken action must not take the incident's other steps and notifications with it.
+            log.exception("remediation action crashed", extra={"action": step.action})
+            return None, f"{type(exc).__name__}: {exc}"
+        return result, None if result.ok else result.summary
+
+    def steps(self) -> str:
+        """Run the steps not finished by an earlier attempt, then the check; return the run's status."""
+        finished = self.edges.trail.finished_steps(self.incident.id)
+        status = "dry_run" if self.dry_run else "completed"
+        for index, step in enumerate(self.playbook.steps):
+            if index in finished:
+                outcome = finished[index]  # done by an earlier attempt of this run: never repeated
+            else:
+                outcome = self.execute(index, step)
+                self.ran.append((step.action, outcome))
+            if step.id:
+                self.outcomes[step.id] = outcome
+            if outcome == FAILED:
+                if step.on_failure == OnFailure.ESCALATE:
+                    return "escalated"
+                if step.on_failure == OnFailure.STOP:
+                    return "failed"
+        check = self.playbook.check
+        if check is not None:
+            index = len(self.playbook.steps)
+            outcome = finished.get(index) or self.execute(index, check)
+            self.ran.append((check.action, outcome))
+            if outcome == FAILED:
+                return "escalated"
+        return status
+
+
+def _gate(run: _Run, target: str, claim_resumed: bool) -> str | None:
+    """Why this run must not act (skipped_<reason>), or None; claims cooldown and budget when it may."""
+    edges, playbook, incident = run.edges, run.playbook, run.incident
+    rails, rem = edges.rails, edges.settings.remediation
+    if rails.paused() is not None:
+        return "skipped_paused"
+    if not claim_resumed:
+        episodes = recent_episodes(
+            edges.trail.engine, incident.fingerprint, edges.clock(), timedelta(seconds=rem.flap_window_s)
+        )
+        if episodes > rem.flap_threshold:
+            return "skipped_flapping"
+    holder = f"incident:{incident.id}"
+    cooldown_s = playbook.cooldown_s if playbook.cooldown_s is not None else rem.cooldown_s
+    if not rails.claim_cooldown(playbook.name, target, holder, cooldown_s):
+        return "skipped_cooldown"
+    if not rails.claim_budget(playbook.name, holder, playbook.budget_per_hour or rem.budget_per_hour):
+        rails.release_cooldown(playbook.name, target, holder)
+        return "skipped_budget"
+    return None
+
+
+def run_playbook(incident: Incident, playbook: Playbook, catalog: Catalog, edges: Edges) -> RunReport:
+    """Run playbook for a firing incident once per episode, resuming an interrupted run; notify at the end."""
+    now = edges.clock()
+    try:
+        target = render("target", playbook.target, incident.labels, catalog.variables)
+    except WorkersError:
+        target = f"{playbook.name}:{incident.fingerprint}"  # a missing label: key on the alert itself
+    claim = edges.trail.claim_run(incident.id, playbook.name, target, now)
+    if claim.status != RUNNING:
+        return RunReport(incident.id, playbook.name, f"already_{claim.status}")
+    if claim.resumed:
+        edges.trail.mark_interrupted(incident.id, now)
+    dry_run = edges.settings.remediation.dry_run or playbook.dry_run
+    run = _Run(incident, playbook, catalog, edges, dry_run)
+    with log_context(incident_id=incident.id, playbook=playbook.name):
+        if not claim.resumed:
+            metrics.INCIDENTS.labels(alertname=incident.alertname, severity=incident.severity).inc()
+        with edges.rails.target_lock(target, f"incident:{incident.id}") as locked:
+            if not locked and claim.resumed:
+                # Another live delivery of this same incident holds the lock and runs it.
+                return RunReport(incident.id, playbook.name, "already_running")
+            reason = "skipped_locked" if not locked else _gate(run, target, claim.resumed)
+            if reason is not None:
+                run.skip_all(reason, {"target": target})
+                status = reason
+            else:
+                status = run.steps()
+        edges.trail.finish_run(incident.id, status, edges.clock())
+        metrics.PLAYBOOK_RUNS.labels(playbook=playbook.name, outcome=status).inc()
+        log.info("playbook finished", extra={"status": status, "attempt": claim.attempts})
+        kind = "escalate" if status in ("escalated", "skipped_flapping") else "trigger"
+        notified = send_notifications(
+            incident,
+            catalog,
+            playbook,
+            edges,
+            kind,
+            {"playbook": playbook.name, "status": status, "target": target},
+        )
+    return RunReport(incident.id, playbook.name, status, tuple(run.ran), tuple(notified))
+
+
+def send_notifications(
+    incident: Incident,
+    catalog: Catalog,
+    playbook: Playbook | None,
+    edges: Edges,
+    kind: str,
+    details: Mapping[str, object],
+) -> list[tuple[str, str]]:
+    """Notify the incident's channels (routing + playbook), recording every send; skip those already sent."""
+    wanted = list(catalog.channels_for(incident.severity, playbook))
+    if kind == "escalate" and "pagerduty" not in wanted:
+        wanted.insert(0, "pagerduty")
+    if kind == "resolve":
+        wanted = [
+            c
+            for c in wanted
+            if edges.trail.sent(incident.id, c, "trigger") or edges.trail.sent(incident.id, c, "escalate")
+        ]
+    wanted = [c for c in wanted if not edges.trail.sent(incident.id, c, kind)]
+    note = Notification(
+        kind,
+        incident.id,
+        incident.fingerprint,
+        incident.alertname,
+        incident.severity,
+        incident.summary,
+        dict(details),
+    )
+    settings = edges.settings.notify
+    deliveries = notify_all(edges.channels, wanted, note, settings.attempts, settings.backoff_s)
+    now = edges.clock()
+    for delivery in deliveries:
+        edges.trail.record(
+            incident.id,
+            None,
+            f"notify.{delivery.channel}",
+            {"kind": kind},
+            delivery.outcome,
+            now,
+            {"attempts": delivery.attempts, "receipt": delivery.receipt},
+            delivery.error or None,
+        )
+        metrics.NOTIFICATIONS.labels(channel=delivery.channel, outcome=delivery.outcome).inc()
+    return [(d.channel, d.outcome) for d in deliveries]
