@@ -108,6 +108,7 @@ INCIDENTS_ENQUEUE_FAILURES = Counter(
     "ops_incidents_enqueue_failures_total",
     "Times the broker could not take incidents.handle tasks; reconcile sends them later.",
     ["source"],
+)
 
 
 # --- incidents and remediation ---

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import redis
 from celery import Celery
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, insert, text, update
 
 from workers.app import create_app
+from workers.incidents.operations import state_engine
 from workers.incidents.receiver import create_receiver_app
 from workers.settings import Settings
 from workers.state.db import create_state_engine, upgrade
+from workers.state.schema import incidents
 
 from .server import serving
 
@@ -102,17 +108,6 @@ def load_case(name: str) -> bytes:
 
 # --- remediation (playbooks, actions, runner) ---
 
-import threading
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-
-from sqlalchemy import insert, update
-
-from workers.incidents.operations import state_engine
-from workers.state.schema import incidents
-
 
 @pytest.fixture
 def state_db(settings: Settings) -> Engine:
@@ -162,9 +157,7 @@ def set_alert_status(engine: Engine, incident_id: int, alert_status: str) -> Non
         conn.execute(
             update(incidents)
             .where(incidents.c.id == incident_id)
-            .values(
-                alert_status=alert_status, ends_at=datetime.now(UTC) if alert_status == "resolved" else None
-            )
+            .values(alert_status=alert_status, ends_at=datetime.now(UTC) if alert_status == "resolved" else None)
         )
 
 
@@ -215,9 +208,7 @@ def recording_server() -> Iterator[Callable[[], RecordingServer]]:
                 status = recorder.statuses.pop(0) if recorder.statuses else 202
                 if status < 300:
                     with recorder.arrived:
-                        recorder.requests.append(
-                            Recorded(self.path, dict(self.headers), json.loads(raw or b"{}"))
-                        )
+                        recorder.requests.append(Recorded(self.path, dict(self.headers), json.loads(raw or b"{}")))
                         recorder.arrived.notify_all()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
