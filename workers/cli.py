@@ -18,7 +18,7 @@ from workers.demo import SeedSize, seed
 from workers.embedded import Embedded, embedded_environment
 from workers.errors import ConfigError, UsageError, WorkersError
 from workers.exporter import BrokerLayout, exporter_sources, start_exporter
-from workers.incidents.commands import incidents, receiver
+from workers.incidents.commands import incidents, receiver, remediation
 from workers.incidents.credentials import Credentials
 from workers.logs import configure_logging
 from workers.processes import (
@@ -258,6 +258,7 @@ cli.add_command(incidents)
 backup_group.add_command(cleanup_command)
 backup_group.add_command(verify_command)
 cli.add_command(backup_group)
+cli.add_command(remediation)
 
 
 def main() -> NoReturn:

@@ -1,7 +1,8 @@
-"""`ops-workers receiver` and `ops-workers incidents list|show|reconcile`."""
+"""`ops-workers receiver`, `ops-workers incidents list|show|ack|resolve|reconcile`, `ops-workers remediation`."""
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -11,6 +12,14 @@ from sqlalchemy import Connection
 
 from workers.errors import UsageError
 from workers.incidents.credentials import Credentials
+from workers.incidents.operations import (
+    acknowledge_incident,
+    incident_audit,
+    pause_remediation,
+    remediation_status,
+    resolve_incident,
+    resume_remediation,
+)
 from workers.incidents.records import STATUSES, IncidentView, get_incident, list_incidents
 from workers.processes import exec_process, fresh_metrics_dir, python_module_argv
 from workers.settings import Settings
@@ -64,9 +73,7 @@ def check_receiver_auth(settings: Settings) -> None:
     )
 
 
-def receiver_argv(
-    settings: Settings, workers: int, certfile: str | None, keyfile: str | None
-) -> tuple[str, ...]:
+def receiver_argv(settings: Settings, workers: int, certfile: str | None, keyfile: str | None) -> tuple[str, ...]:
     """uvicorn's command line for the receiver; TLS files are paths, never secrets."""
     bind = settings.receiver.bind
     argv = [
@@ -143,9 +150,7 @@ def list_command(status: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         _echo_json([v.to_json() for v in views])
         return
-    click.echo(
-        f"{'id':>6}  {'severity':<8}  {'status':<12}  {'alert':<8}  {'starts_at':<25}  fingerprint  alertname"
-    )
+    click.echo(f"{'id':>6}  {'severity':<8}  {'status':<12}  {'alert':<8}  {'starts_at':<25}  fingerprint  alertname")
     for view in views:
         click.echo(_line(view))
 
@@ -160,11 +165,21 @@ def show_command(incident_id: int, as_json: bool) -> None:
         view = get_incident(conn, incident_id)
     if view is None:
         raise UsageError(f"no incident {incident_id}")
+    audit = incident_audit(settings, incident_id)
     if as_json:
-        _echo_json(view.to_json())
+        _echo_json({**view.to_json(), **audit})
         return
     for key, value in view.to_json().items():
         click.echo(f"{key}: {value}")
+    for key in ("acknowledged_by", "acknowledged_at", "run_status"):
+        click.echo(f"{key}: {audit[key]}")
+    click.echo("actions:")
+    for action in audit["actions"]:
+        step = "" if action["step"] is None else f"#{action['step']} "
+        summary = (action["detail"] or {}).get("summary") or action["error"] or ""
+        click.echo(
+            f"  {action['started_at']:%Y-%m-%d %H:%M:%S}  {step}{action['action']}  {action['outcome']}  {summary}"
+        )
 
 
 @incidents.command("reconcile")
@@ -178,3 +193,60 @@ def reconcile_command(grace_s: float) -> None:
 
     result = run_reconcile(settings, app, grace=timedelta(seconds=grace_s))
     _echo_json(result.to_json())
+
+
+@incidents.command("ack")
+@click.argument("incident_id", type=int)
+@click.option("--by", "by", required=True, help="Who acknowledges (recorded with the time).")
+def ack_command(incident_id: int, by: str) -> None:
+    """Acknowledge an active incident."""
+    incident = acknowledge_incident(_settings(), incident_id, by)
+    click.echo(f"incident {incident.id} {incident.status} by {incident.acknowledged_by} at {incident.acknowledged_at}")
+
+
+@incidents.command("resolve")
+@click.argument("incident_id", type=int)
+def resolve_command(incident_id: int) -> None:
+    """Resolve an incident by hand: resolve notifications go out; a critical one gets a post-mortem draft."""
+    incident = resolve_incident(_settings(), incident_id)
+    click.echo(f"incident {incident.id} resolved at {incident.resolved_at}")
+
+
+@click.group()
+def remediation() -> None:
+    """Global switches of automatic remediation."""
+
+
+@remediation.command("pause")
+@click.option("--by", default=None, help="Who pauses (default: the current user).")
+@click.option("--reason", default="", help="Why, for the others on call.")
+def pause_command(by: str | None, reason: str) -> None:
+    """Stop every playbook from acting (each skip is recorded as skipped_paused) until resumed."""
+    pause_remediation(_settings(), by or getpass.getuser(), reason)
+    click.echo("remediation paused")
+
+
+@remediation.command("resume")
+def resume_command() -> None:
+    """Let playbooks act again."""
+    was_paused = resume_remediation(_settings())
+    click.echo("remediation resumed" if was_paused else "remediation was not paused")
+
+
+@remediation.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def status_command(as_json: bool) -> None:
+    """Paused or running, global dry-run, and the playbooks in force."""
+    status = remediation_status(_settings())
+    if as_json:
+        _echo_json(status)
+        return
+    pause = status["pause"]
+    if isinstance(pause, dict):
+        click.echo(
+            f"remediation: PAUSED by {pause.get('by')} since {pause.get('since')} ({pause.get('reason') or '-'})"
+        )
+    else:
+        click.echo("remediation: running")
+    click.echo(f"dry-run (global): {'on' if status['dry_run'] else 'off'}")
+    click.echo(f"playbooks ({status['source']}): " + ", ".join(status["playbooks"]))

@@ -92,16 +92,12 @@ def close_incident(incident: Incident, catalog: Catalog, edges: Edges) -> RunRep
     playbook = catalog.playbook_for(resolved.labels)
     notified = send_notifications(resolved, catalog, playbook, edges, "resolve", {"status": "resolved"})
     if resolved.severity == "critical" and (changed or resolved.postmortem is None):
-        store_postmortem(
-            edges.trail.engine, resolved.id, draft_postmortem(resolved, edges.trail.records(resolved.id))
-        )
+        store_postmortem(edges.trail.engine, resolved.id, draft_postmortem(resolved, edges.trail.records(resolved.id)))
     _refresh_active_gauge(edges.trail.engine)
     return RunReport(incident.id, playbook.name if playbook else None, "resolved", (), tuple(notified))
 
 
-def handle_incident(
-    settings: Settings, incident_id: int, celery_app: Celery | None = None
-) -> dict[str, object]:
+def handle_incident(settings: Settings, incident_id: int, celery_app: Celery | None = None) -> dict[str, object]:
     """Act on one recorded episode: run its playbook once while firing, close it once resolved.
 
     Raises:
@@ -145,10 +141,17 @@ def resolve_incident(settings: Settings, incident_id: int) -> Incident:
 def incident_document(settings: Settings, incident_id: int) -> dict[str, Any]:
     """The incident with its audit trail (`actions`) and post-mortem, as JSON-ready values."""
     engine = state_engine(settings.state_database_url.value)
+    return {**load_incident(engine, incident_id).to_json(), **incident_audit(settings, incident_id)}
+
+
+def incident_audit(settings: Settings, incident_id: int) -> dict[str, Any]:
+    """What remediation adds to an incident: acknowledgement, run status, the audit trail (`actions`), post-mortem."""
+    engine = state_engine(settings.state_database_url.value)
     incident = load_incident(engine, incident_id)
     trail = AuditTrail(engine)
     return {
-        **incident.to_json(),
+        "acknowledged_by": incident.acknowledged_by,
+        "acknowledged_at": incident.acknowledged_at,
         "run_status": trail.run_status(incident_id),
         "actions": [r.to_json() for r in trail.records(incident_id)],
         "postmortem": incident.postmortem,
@@ -173,12 +176,15 @@ def resume_remediation(settings: Settings) -> bool:
     return resumed
 
 
-def remediation_status(settings: Settings) -> dict[str, object]:
+def remediation_status(settings: Settings) -> dict[str, Any]:
+    """Paused or not (who, when, why), global dry-run, the playbooks file and its playbooks."""
     paused = rails_of(settings).paused()
+    catalog = catalog_of(settings)
     return {
         "paused": paused is not None,
         "pause": paused,
         "dry_run": settings.remediation.dry_run,
-        "playbooks": [p.name for p in catalog_of(settings).playbooks],
-        "dry_run_playbooks": [p.name for p in catalog_of(settings).playbooks if p.dry_run],
+        "source": catalog.source,
+        "playbooks": [p.name for p in catalog.playbooks],
+        "dry_run_playbooks": [p.name for p in catalog.playbooks if p.dry_run],
     }

@@ -1,4 +1,4 @@
-"""The alert receiver's HTTP surface: POST /alertmanager, GET /healthz, /readyz, /metrics.
+"""The alert receiver's HTTP surface: POST /alertmanager, GET /healthz, /readyz, /metrics, the incidents API.
 
 Routes are thin: each request is checked (auth, type, size) and handed to intake.accept(), which
 commits before the route answers 2xx. A 5xx makes Alertmanager retry; any 4xx makes it give up.
@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from workers import metrics
 from workers.checks import probe_broker
 from workers.errors import DatabaseUnavailable, InvalidAlert
+from workers.incidents.api import incident_routes
 from workers.incidents.credentials import Credentials
 from workers.incidents.intake import Accepted, accept
 from workers.logs import log_context
@@ -43,6 +44,14 @@ RETRY_AFTER_S = "5"
 # Called after each POST /alertmanager with the status code and, on 2xx, what was accepted. Tests use
 # it to wait for Alertmanager's deliveries without polling; production passes nothing.
 Observer = Callable[[int, Accepted | None], None]
+
+
+def _incident_endpoint(path: str) -> str:
+    # Ids never become label values: /incidents/42/ack is counted as /incidents/{id}/ack.
+    parts = path.strip("/").split("/")
+    if parts[0] != "incidents" or len(parts) > 3 or (len(parts) == 3 and parts[2] != "ack"):
+        return "other"
+    return "/" + "/".join(["incidents", "{id}", "ack"][: len(parts)])
 
 
 class BodyTooLarge(Exception):
@@ -64,7 +73,7 @@ class RequestContext:
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"]
-        endpoint = path if path in ENDPOINTS else "other"
+        endpoint = path if path in ENDPOINTS else _incident_endpoint(path)
         method = scope["method"] if scope["method"] in ("GET", "POST", "HEAD") else "other"
         status = 500
         started = time.perf_counter()
@@ -196,6 +205,7 @@ def create_receiver_app(
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/readyz", routes.readyz, methods=["GET"]),
             Route("/metrics", routes.metrics, methods=["GET"]),
+            *incident_routes(settings),
         ],
     )
     app.add_middleware(RequestContext)

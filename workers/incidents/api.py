@@ -1,0 +1,116 @@
+"""HTTP API on the receiver for incidents: GET /incidents, GET /incidents/{id}, POST /incidents/{id}/ack.
+
+Thin: authentication (the receiver's credentials), argument checks, then the operations functions.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from workers.errors import IncidentNotFound, UsageError
+from workers.incidents.credentials import Credentials
+from workers.incidents.lifecycle import ACKNOWLEDGED, ACTIVE, RESOLVED
+from workers.incidents.operations import acknowledge_incident, incident_document, incidents_document
+from workers.settings import Settings
+
+MAX_LIMIT = 1000
+ACK_BODY_LIMIT_BYTES = 4096
+
+
+def _default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _json(value: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(value, default=_default, ensure_ascii=False)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+class IncidentRoutes:
+    """Handlers sharing the settings and the receiver's credentials."""
+
+    def __init__(self, settings: Settings, credentials: Credentials) -> None:
+        self.settings = settings
+        self.credentials = credentials
+
+    def _refused(self, request: Request) -> Response | None:
+        if self.credentials.allow(request.headers.get("authorization")):
+            return None
+        response = _error(401, "missing or wrong credentials")
+        response.headers["WWW-Authenticate"] = self.credentials.challenge()
+        return response
+
+    @staticmethod
+    def _incident_id(request: Request) -> int | None:
+        raw = str(request.path_params["incident_id"])
+        return int(raw) if raw.isdigit() and len(raw) < 19 else None
+
+    async def list(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        status = request.query_params.get("status")
+        if status is not None and status not in (ACTIVE, ACKNOWLEDGED, RESOLVED):
+            return _error(400, "status must be active, acknowledged or resolved")
+        raw_limit = request.query_params.get("limit", "100")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+            return _error(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        found = await run_in_threadpool(incidents_document, self.settings, status, int(raw_limit))
+        return _json({"incidents": found})
+
+    async def show(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        incident_id = self._incident_id(request)
+        if incident_id is None:
+            return _error(404, "no such incident")
+        try:
+            document = await run_in_threadpool(incident_document, self.settings, incident_id)
+        except IncidentNotFound as exc:
+            return _error(404, str(exc))
+        return _json(document)
+
+    async def ack(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        incident_id = self._incident_id(request)
+        if incident_id is None:
+            return _error(404, "no such incident")
+        body = await request.body()
+        if len(body) > ACK_BODY_LIMIT_BYTES:
+            return _error(413, f"body larger than {ACK_BODY_LIMIT_BYTES} bytes")
+        try:
+            document = json.loads(body or b"{}")
+        except ValueError:
+            return _error(400, 'body must be JSON: {"by": "NAME"}')
+        by = document.get("by") if isinstance(document, dict) else None
+        if not isinstance(by, str) or not by.strip():
+            return _error(400, 'body must name who acknowledges: {"by": "NAME"}')
+        try:
+            incident = await run_in_threadpool(acknowledge_incident, self.settings, incident_id, by)
+        except IncidentNotFound as exc:
+            return _error(404, str(exc))
+        except UsageError as exc:
+            return _error(409, str(exc))
+        return _json(incident.to_json())
+
+
+def incident_routes(settings: Settings) -> list[Route]:
+    """The routes the receiver app mounts, authenticated like POST /alertmanager."""
+    handlers = IncidentRoutes(settings, Credentials.from_settings(settings.receiver))
+    return [
+        Route("/incidents", handlers.list, methods=["GET"]),
+        Route("/incidents/{incident_id}", handlers.show, methods=["GET"]),
+        Route("/incidents/{incident_id}/ack", handlers.ack, methods=["POST"]),
+    ]
