@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from workers.backup.storage import LocalStore
 from workers.errors import PathNotAllowed, StorageUnavailable
 from workers.incidents.actions.base import ActionContext, ParamValue
 from workers.incidents.actions.files import cleanup_files
 from workers.incidents.actions.logs import archive_logs, rotate_log
-from workers.incidents.archive import DirectoryArchive
+from workers.incidents.archive import StoreArchive
 from workers.settings import Settings
 
 DAY_S = 86400
@@ -38,7 +39,7 @@ def roots(tmp_path: Path) -> tuple[Path, Path]:
     return allowed, outside
 
 
-def _context(settings: Settings, archive: DirectoryArchive, *, dry_run: bool = False) -> ActionContext:
+def _context(settings: Settings, archive: StoreArchive, *, dry_run: bool = False) -> ActionContext:
     return ActionContext(settings, dry_run, 30.0, {}, archive)
 
 
@@ -65,9 +66,7 @@ def test_cleanup_deletes_old_files_and_nothing_outside_the_roots(
     (allowed / "tmp" / "link-to-file").symlink_to(victim)
     (allowed / "tmp" / "link-to-dir").symlink_to(outside / "dir")
 
-    result = cleanup_files(
-        _cleanup(str(allowed / "tmp")), _context(settings, DirectoryArchive(tmp_path / "a"))
-    )
+    result = cleanup_files(_cleanup(str(allowed / "tmp")), _context(settings, StoreArchive(LocalStore(tmp_path / "a"))))
 
     assert result.ok and result.detail["deleted"] == [str(old)]
     assert not old.exists() and fresh.exists()
@@ -89,7 +88,7 @@ def test_cleanup_refuses_paths_that_leave_the_roots(
 
     with pytest.raises(PathNotAllowed):
         cleanup_files(
-            _cleanup(escape.format(allowed=allowed)), _context(settings, DirectoryArchive(tmp_path / "a"))
+            _cleanup(escape.format(allowed=allowed)), _context(settings, StoreArchive(LocalStore(tmp_path / "a")))
         )
     assert victim.exists()
 
@@ -99,7 +98,7 @@ def test_archive_stores_each_log_before_deleting_it(
 ) -> None:
     allowed, _ = roots
     settings = ops_env(OPS_REMEDIATION_ALLOWED_ROOTS=str(allowed))
-    archive = DirectoryArchive(tmp_path / "store")
+    archive = StoreArchive(LocalStore(tmp_path / "store"))
     logs = [_old(allowed / "logs" / f"api.log.{i}", f"line {i}\n" * 100) for i in range(3)]
     current = _old(allowed / "logs" / "api.log", "now\n", age_s=10)
     params: dict[str, ParamValue] = {"path": str(allowed / "logs"), "pattern": "*.log.*", "older_than": DAY_S,
@@ -109,7 +108,7 @@ def test_archive_stores_each_log_before_deleting_it(
 
     assert result.ok and len(result.detail["files"]) == 3  # type: ignore[arg-type]
     for entry, original in zip(result.detail["files"], logs, strict=True):  # type: ignore[call-overload]
-        stored = tmp_path / "store" / entry["key"]
+        stored = tmp_path / "store" / entry["key"]  # LocalStore keeps keys as paths under its root
         assert gzip.decompress(stored.read_bytes()).decode().startswith(f"line {original.name[-1]}")
         assert not original.exists()
     assert current.exists()
@@ -127,7 +126,7 @@ def test_archive_keeps_originals_when_the_store_refuses(
                                      "recursive": True, "max_files": 100}  # fmt: skip
 
     with pytest.raises(StorageUnavailable):
-        archive_logs(params, _context(settings, DirectoryArchive(blocked)))
+        archive_logs(params, _context(settings, StoreArchive(LocalStore(blocked))))
     assert log.read_text() == "keep me\n"
 
 
@@ -139,7 +138,7 @@ def test_rotate_copytruncate_without_pidfile(
     log = _old(allowed / "app.log", "before\n", age_s=0)
 
     result = rotate_log(
-        {"path": str(log), "pidfile": "", "signal": "HUP"}, _context(settings, DirectoryArchive(tmp_path))
+        {"path": str(log), "pidfile": "", "signal": "HUP"}, _context(settings, StoreArchive(LocalStore(tmp_path)))
     )
 
     rotated = Path(str(result.detail["rotated_to"]))
@@ -168,7 +167,7 @@ def test_rotate_signals_the_writer_named_by_the_pidfile(
 
     result = rotate_log(
         {"path": str(log), "pidfile": str(pidfile), "signal": "HUP"},
-        _context(settings, DirectoryArchive(tmp_path)),
+        _context(settings, StoreArchive(LocalStore(tmp_path))),
     )
 
     assert writer.wait(timeout=10) == 0
@@ -189,5 +188,5 @@ def test_rotate_refuses_a_pidfile_outside_the_roots(
 
     with pytest.raises(PathNotAllowed):
         rotate_log({"path": str(log), "pidfile": str(pidfile), "signal": "HUP"},
-                   _context(settings, DirectoryArchive(tmp_path)))  # fmt: skip
+                   _context(settings, StoreArchive(LocalStore(tmp_path))))  # fmt: skip
     assert log.read_text() == "before\n"

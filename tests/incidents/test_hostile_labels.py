@@ -72,6 +72,4 @@ def test_hostile_labels_change_nothing(
     [request] = api.wait_for(1)
     assert request.path == "/items/..%2F..%2Fadmin%3Fdelete%3Dall%23"
     assert records["http.request"].outcome == "ok"
-    assert (
-        handle_incident(settings, incident_id)["status"] == "already_completed"
-    )  # the incidents table is intact
+    assert handle_incident(settings, incident_id)["status"] == "already_completed"  # the incidents table is intact

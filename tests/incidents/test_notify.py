@@ -25,9 +25,7 @@ from workers.embedded import free_port
 from workers.incidents.notify import Notification, build_channels, notify_all
 from workers.settings import Settings
 
-NOTE = Notification(
-    "trigger", 7, "fp-7", "DatabaseConnectionHigh", "critical", "too many connections", {"a": 1}
-)
+NOTE = Notification("trigger", 7, "fp-7", "DatabaseConnectionHigh", "critical", "too many connections", {"a": 1})
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -47,9 +45,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     cert_path, key_path = directory / "smtp.pem", directory / "smtp.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
 
@@ -71,18 +67,14 @@ def smtp_server(tmp_path: Path) -> Iterator[tuple[Controller, Mailbox, Path]]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     mailbox = Mailbox()
-    controller = Controller(
-        mailbox, hostname="127.0.0.1", port=free_port(), tls_context=context, require_starttls=True
-    )
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port(), tls_context=context, require_starttls=True)
     controller.start()
     yield controller, mailbox, cert
     controller.stop()
 
 
 def _count(channel: str, outcome: str) -> float:
-    return (
-        REGISTRY.get_sample_value("ops_notifications_total", {"channel": channel, "outcome": outcome}) or 0.0
-    )
+    return REGISTRY.get_sample_value("ops_notifications_total", {"channel": channel, "outcome": outcome}) or 0.0
 
 
 def test_every_channel_delivers(
@@ -109,8 +101,7 @@ def test_every_channel_delivers(
     [page] = pagerduty.requests
     assert page.body["routing_key"] == "rk-1" and page.body["dedup_key"] == "fp-7"
     assert (
-        page.body["payload"]["severity"] == "critical"
-        and "DatabaseConnectionHigh" in page.body["payload"]["summary"]
+        page.body["payload"]["severity"] == "critical" and "DatabaseConnectionHigh" in page.body["payload"]["summary"]
     )
     assert ticket.requests[0].body["incident_id"] == 7
     assert slack.requests[0].body["text"].startswith("[FIRING] DatabaseConnectionHigh")
@@ -160,9 +151,7 @@ def test_a_failing_channel_never_blocks_the_others(
     )  # fmt: skip
     failed_before = _count("pagerduty", "failed")
 
-    deliveries = notify_all(
-        build_channels(settings.notify), ["pagerduty", "email", "ticket", "slack"], NOTE, 2, 0.01
-    )
+    deliveries = notify_all(build_channels(settings.notify), ["pagerduty", "email", "ticket", "slack"], NOTE, 2, 0.01)
 
     outcomes = {d.channel: (d.outcome, d.attempts) for d in deliveries}
     assert outcomes == {

@@ -87,9 +87,7 @@ def test_each_mistake_names_file_playbook_and_field(broken: str, expected: str) 
 
 
 def test_messages_name_the_exact_field() -> None:
-    text = VALID.replace("min_duration: 5m", "min_duration: soon").replace(
-        "params: {command: restart}", "params: {}"
-    )
+    text = VALID.replace("min_duration: 5m", "min_duration: soon").replace("params: {command: restart}", "params: {}")
     with pytest.raises(ConfigError) as caught:
         parse_playbooks(text, "ops.yaml")
     problems = caught.value.problems

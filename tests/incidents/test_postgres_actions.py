@@ -14,14 +14,15 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import PgServer
+from workers.backup.storage import LocalStore
 from workers.incidents.actions.base import ActionContext, ParamValue
 from workers.incidents.actions.postgres import cancel_queries, terminate_queries
-from workers.incidents.archive import DirectoryArchive
+from workers.incidents.archive import StoreArchive
 from workers.settings import PostgresTarget, Settings
 
 
 def _context(settings: Settings, tmp_path: Path, *, dry_run: bool = False) -> ActionContext:
-    return ActionContext(settings, dry_run, 10.0, {}, DirectoryArchive(tmp_path / "archive"))
+    return ActionContext(settings, dry_run, 10.0, {}, StoreArchive(LocalStore(tmp_path / "archive")))
 
 
 def _params(**overrides: ParamValue) -> dict[str, ParamValue]:

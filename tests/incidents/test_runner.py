@@ -123,20 +123,14 @@ def test_cooldown_per_playbook_and_target(
 
     assert _marks(marks) == 2
     assert ("command.run", "skipped_cooldown") in _outcomes(state_db, again)
-    assert (
-        _sample("ops_remediation_actions_total", action="command.run", outcome="skipped_cooldown")
-        == before + 1
-    )
+    assert _sample("ops_remediation_actions_total", action="command.run", outcome="skipped_cooldown") == before + 1
 
 
 def test_hourly_budget_per_playbook(
     ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
 ) -> None:
     settings, marks = _settings(ops_env, playbook_file, tmp_path)
-    ids = [
-        insert_incident(state_db, "Budgeted", labels={"instance": f"h{i}"}, fingerprint=f"f{i}")
-        for i in range(3)
-    ]
+    ids = [insert_incident(state_db, "Budgeted", labels={"instance": f"h{i}"}, fingerprint=f"f{i}") for i in range(3)]
 
     statuses = [handle_incident(settings, i)["status"] for i in ids]
 
@@ -295,9 +289,7 @@ def test_resolved_episode_closes_and_never_remediates(
         OPS_PAGERDUTY_ROUTING_KEY="rk-test",
         OPS_PAGERDUTY_URL=f"{pagerduty.url}/v2/enqueue",
     )
-    incident_id = insert_incident(
-        state_db, "Mark", severity="critical", labels={"instance": "db-9"}, fingerprint="ep9"
-    )
+    incident_id = insert_incident(state_db, "Mark", severity="critical", labels={"instance": "db-9"}, fingerprint="ep9")
     assert handle_incident(settings, incident_id)["status"] == "completed"
     set_alert_status(state_db, incident_id, "resolved")
 

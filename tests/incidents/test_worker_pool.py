@@ -15,9 +15,10 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from tests.incidents.conftest import WorkerProcess, insert_incident, start_worker_process, stop_worker_process
+from workers.backup.storage import LocalStore
 from workers.incidents.actions.base import ActionContext
 from workers.incidents.actions.pool import scale_pool
-from workers.incidents.archive import DirectoryArchive
+from workers.incidents.archive import StoreArchive
 from workers.incidents.audit import AuditTrail
 from workers.incidents.operations import handle_incident
 from workers.settings import Settings
@@ -60,7 +61,7 @@ def test_celery_scale_grows_the_pool_of_the_backlogged_queue(
 ) -> None:
     worker = worker_process()
     assert _pool_processes(worker_app, worker.hostname) == 1
-    context = ActionContext(settings, False, 10.0, {}, DirectoryArchive(tmp_path), celery_app=worker_app)
+    context = ActionContext(settings, False, 10.0, {}, StoreArchive(LocalStore(tmp_path)), celery_app=worker_app)
 
     result = scale_pool({"queue": "incidents", "increment": 2, "max_concurrency": 8}, context)
     capped = scale_pool({"queue": "incidents", "increment": 10, "max_concurrency": 4}, context)

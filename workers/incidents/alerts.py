@@ -99,11 +99,7 @@ def parse_timestamp(value: object, where: str) -> datetime | None:
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
     micros = int((fraction or "0")[:6].ljust(6, "0"))  # Python keeps microseconds; nanoseconds are dropped
     try:
-        offset = (
-            timedelta(0)
-            if zulu
-            else (1 if sign == "+" else -1) * timedelta(hours=int(off_h), minutes=int(off_m))
-        )
+        offset = timedelta(0) if zulu else (1 if sign == "+" else -1) * timedelta(hours=int(off_h), minutes=int(off_m))
         local = datetime(
             int(year), int(month), int(day), int(hour), int(minute), min(int(second), 59), micros,
             tzinfo=timezone(offset),
@@ -173,9 +169,7 @@ def parse_alert(raw: object, where: str, now: datetime) -> Alert:
     ends_raw = raw.get("endsAt")
     ends_at = None if ends_raw in (None, "") else parse_timestamp(ends_raw, f"{where}.endsAt")
     given = raw.get("fingerprint")
-    given_text = (
-        "" if given is None else _text(given, f"{where}.fingerprint", max_chars=MAX_FINGERPRINT_CHARS)
-    )
+    given_text = "" if given is None else _text(given, f"{where}.fingerprint", max_chars=MAX_FINGERPRINT_CHARS)
     generator = raw.get("generatorURL")
     severity_label = labels.get("severity")
     return Alert(

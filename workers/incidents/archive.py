@@ -1,60 +1,37 @@
-"""Where archived logs go: the log archive behind the ArchiveStore protocol (a directory store)."""
+"""The log archive: logs go into the backup store (workers.backup.storage) and are confirmed there."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import uuid
 from pathlib import Path
 
+from workers.backup.storage import BackupStore
 from workers.errors import StorageUnavailable
 
-PARTIAL_SUFFIX = ".partial"
+CHUNK_BYTES = 1 << 20
 
 
-class DirectoryArchive:
-    """Archive objects as files under a directory; an object is complete only after fsync and rename."""
+class StoreArchive:
+    """ArchiveStore over a BackupStore: an object exists only once complete, then its size is checked."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(part in ("", ".", "..") for part in parts):
-            raise ValueError(f"invalid archive key {key!r}")
-        return self.root.joinpath(*parts)
+    def __init__(self, store: BackupStore) -> None:
+        self.store = store
 
     def describe(self, key: str) -> str:
-        return f"file://{self._path(key)}"
+        return f"{self.store.url}/{key}"
 
     def put_file(self, key: str, path: Path) -> int:
-        """Copy path under key; return the stored size once it is durable and equal to the source's.
+        """Copy path under key; return the stored size once the store lists it with the source's size.
 
         Raises:
-            StorageUnavailable: the copy failed or the stored size does not match.
+            StorageUnavailable, StorageFull, StorageRefused: the store did not take the copy.
         """
-        destination = self._path(key)
-        partial = destination.with_name(f"{destination.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
-        try:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("rb") as source, partial.open("wb") as sink:
-                shutil.copyfileobj(source, sink, 1 << 20)
-                sink.flush()
-                os.fsync(sink.fileno())
-            os.replace(partial, destination)
-            directory = os.open(destination.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-            stored, expected = destination.stat().st_size, path.stat().st_size
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-            raise StorageUnavailable(f"archive {self.describe(key)}: {exc.strerror or exc}") from exc
-        if stored != expected:
-            raise StorageUnavailable(
-                f"archive {self.describe(key)}: stored {stored} bytes, expected {expected}"
-            )
-        return stored
+        expected = path.stat().st_size
+        with path.open("rb") as source, self.store.open_writer(key, size_hint_bytes=expected) as sink:
+            while chunk := source.read(CHUNK_BYTES):
+                sink.write(chunk)
+        # The writer committed; read the listing back rather than trusting our own byte count.
+        listed = [o for o in self.store.list_objects(key) if o.key == key]
+        if not listed or listed[0].size_bytes != expected:
+            stored = listed[0].size_bytes if listed else None
+            raise StorageUnavailable(f"{self.describe(key)}: stored {stored} bytes, expected {expected}")
+        return listed[0].size_bytes

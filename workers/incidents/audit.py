@@ -163,12 +163,8 @@ class AuditTrail:
             return int(
                 conn.execute(
                     update(incident_actions)
-                    .where(
-                        incident_actions.c.incident_id == incident_id, incident_actions.c.outcome == RUNNING
-                    )
-                    .values(
-                        outcome=INTERRUPTED, finished_at=now, error="the worker running this step stopped"
-                    )
+                    .where(incident_actions.c.incident_id == incident_id, incident_actions.c.outcome == RUNNING)
+                    .values(outcome=INTERRUPTED, finished_at=now, error="the worker running this step stopped")
                 ).rowcount
             )
 
@@ -197,9 +193,7 @@ class AuditTrail:
         except IntegrityError:
             pass
         with self.engine.begin() as conn:
-            row = conn.execute(
-                select(remediation_runs).where(remediation_runs.c.incident_id == incident_id)
-            ).one()
+            row = conn.execute(select(remediation_runs).where(remediation_runs.c.incident_id == incident_id)).one()
             if row.status != RUNNING:
                 return RunClaim(row.status, int(row.attempts), resumed=False)
             conn.execute(

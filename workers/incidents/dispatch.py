@@ -54,8 +54,6 @@ def enqueue_transitions(app: Celery, transitions: Sequence[Transition]) -> list[
                         retry_policy=_NO_RETRY,
                     )
     except (KombuError, redis.RedisError, OSError) as exc:
-        raise BrokerUnavailable(
-            f"broker did not take {len(ordered)} incidents.handle task(s): {exc}"
-        ) from exc
+        raise BrokerUnavailable(f"broker did not take {len(ordered)} incidents.handle task(s): {exc}") from exc
     log.debug("incident tasks sent", extra={"tasks": len(ordered)})
     return ordered

@@ -140,9 +140,7 @@ def acknowledge(engine: Engine, incident_id: int, by: str, now: datetime) -> Inc
         conn.execute(
             update(incidents)
             .where(incidents.c.id == incident_id, incidents.c.status == ACTIVE)
-            .values(
-                status=ACKNOWLEDGED, acknowledged_by=by.strip()[:200], acknowledged_at=now, updated_at=now
-            )
+            .values(status=ACKNOWLEDGED, acknowledged_by=by.strip()[:200], acknowledged_at=now, updated_at=now)
         )
     return load_incident(engine, incident_id)
 

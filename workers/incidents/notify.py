@@ -42,9 +42,7 @@ class Notification:
 
     @property
     def title(self) -> str:
-        word = {"trigger": "FIRING", "resolve": "RESOLVED", "escalate": "ESCALATED", "request": "REQUEST"}[
-            self.kind
-        ]
+        word = {"trigger": "FIRING", "resolve": "RESOLVED", "escalate": "ESCALATED", "request": "REQUEST"}[self.kind]
         return f"[{word}] {self.alertname} ({self.severity}) incident {self.incident_id}: {self.summary}"
 
 
@@ -61,13 +59,9 @@ class RetryableFailure(NotificationFailed):
     """The channel may accept the same notification later (timeouts, 5xx, 429)."""
 
 
-def _post(
-    channel: str, url: str, payload: Mapping[str, object], timeout_s: float, headers: Mapping[str, str]
-) -> str:
+def _post(channel: str, url: str, payload: Mapping[str, object], timeout_s: float, headers: Mapping[str, str]) -> str:
     try:
-        response = httpx.post(
-            url, json=payload, timeout=timeout_s, headers=dict(headers), follow_redirects=False
-        )
+        response = httpx.post(url, json=payload, timeout=timeout_s, headers=dict(headers), follow_redirects=False)
     except httpx.HTTPError as exc:
         raise RetryableFailure(channel, f"unreachable: {type(exc).__name__}") from exc
     if response.status_code in _RETRYABLE_STATUS:

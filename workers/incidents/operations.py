@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
 from sqlalchemy import Engine
 
 from workers import metrics
-from workers.incidents.archive import DirectoryArchive
+from workers.backup.storage import open_store
+from workers.incidents.archive import StoreArchive
 from workers.incidents.audit import AuditTrail
 from workers.incidents.lifecycle import (
     Incident,
@@ -61,12 +61,6 @@ def rails_of(settings: Settings) -> Rails:
     return Rails(_redis(settings.broker_url.value), settings.remediation.lock_ttl_s)
 
 
-def _archive(settings: Settings) -> DirectoryArchive:
-    store = settings.backup.store
-    root = Path(store[len("file://") :]) if store.startswith("file://") else settings.var_dir / "archive"
-    return DirectoryArchive(root)
-
-
 def build_edges(settings: Settings, celery_app: Celery | None = None) -> Edges:
     engine = state_engine(settings.state_database_url.value)
     return Edges(
@@ -74,7 +68,7 @@ def build_edges(settings: Settings, celery_app: Celery | None = None) -> Edges:
         trail=AuditTrail(engine),
         rails=rails_of(settings),
         channels=build_channels(settings.notify),
-        archive=_archive(settings),
+        archive=StoreArchive(open_store(settings.backup)),
         clock=now_utc,
         celery_app=celery_app,
     )

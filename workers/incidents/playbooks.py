@@ -288,9 +288,7 @@ def _options(raw: dict[str, object], where: str, problems: _Problems) -> dict[st
     return options
 
 
-def _playbook(
-    raw: object, index: int, commands: Mapping[str, object], problems: _Problems
-) -> Playbook | None:
+def _playbook(raw: object, index: int, commands: Mapping[str, object], problems: _Problems) -> Playbook | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
         problems.add(f"playbooks[{index}].name", "every playbook needs a name")
         return None

@@ -117,9 +117,7 @@ def _error(status: int, message: str, request_id: str, **extra: str) -> JSONResp
 class Routes:
     """The route handlers, holding what they share: credentials, limits, the engine and the Celery app."""
 
-    def __init__(
-        self, settings: Settings, engine: Engine, celery_app: Celery, observer: Observer | None
-    ) -> None:
+    def __init__(self, settings: Settings, engine: Engine, celery_app: Celery, observer: Observer | None) -> None:
         self.settings = settings
         self.credentials = Credentials.from_settings(settings.receiver)
         self.limit_bytes = settings.receiver.max_body_bytes
@@ -144,9 +142,7 @@ class Routes:
         try:
             return await read_body(request, self.limit_bytes)
         except BodyTooLarge:
-            return _error(
-                413, f"body larger than {self.limit_bytes} bytes (OPS_RECEIVER_MAX_BODY)", request_id
-            )
+            return _error(413, f"body larger than {self.limit_bytes} bytes (OPS_RECEIVER_MAX_BODY)", request_id)
         except ClientDisconnect:
             return _error(400, "client disconnected before sending the whole body", request_id)
 

@@ -52,9 +52,7 @@ class ReconcileResult:
         }
 
 
-def _fetch_truncated(
-    engine: Engine, app: Celery, client: AlertmanagerClient, now: datetime
-) -> tuple[int, int, int]:
+def _fetch_truncated(engine: Engine, app: Celery, client: AlertmanagerClient, now: datetime) -> tuple[int, int, int]:
     fetched = failures = recorded = 0
     with engine.connect() as conn:
         pending = pending_fetches(conn, limit=BATCH)
@@ -128,8 +126,6 @@ def run_reconcile(settings: Settings, app: Celery, *, grace: timedelta = DEFAULT
             grace=grace,
         )
     except OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"state database {redact(str(engine.url))} unreachable: {exc.orig}"
-        ) from exc
+        raise DatabaseUnavailable(f"state database {redact(str(engine.url))} unreachable: {exc.orig}") from exc
     finally:
         engine.dispose()

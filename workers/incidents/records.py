@@ -100,9 +100,7 @@ def _row(alert: Alert, request_id: str | None, at: datetime) -> dict[str, object
     }
 
 
-def record_alerts(
-    conn: Connection, alerts: Sequence[Alert], *, request_id: str | None, at: datetime
-) -> RecordOutcome:
+def record_alerts(conn: Connection, alerts: Sequence[Alert], *, request_id: str | None, at: datetime) -> RecordOutcome:
     """Insert new episodes and resolve firing ones, in one statement; return what needs a task.
 
     A repeated delivery (same episode, same status) and a late "firing" for an episode already
@@ -185,8 +183,7 @@ def pending_fetches(conn: Connection, *, limit: int) -> list[PendingFetch]:
         .limit(limit)
     )  # fmt: skip
     return [
-        PendingFetch(int(r.id), r.receiver, dict(r.group_labels), int(r.truncated_alerts))
-        for r in conn.execute(stmt)
+        PendingFetch(int(r.id), r.receiver, dict(r.group_labels), int(r.truncated_alerts)) for r in conn.execute(stmt)
     ]
 
 

@@ -48,9 +48,7 @@ class Edges:
 class RunReport:
     incident_id: int
     playbook: str | None
-    status: (
-        str  # completed | failed | escalated | dry_run | skipped_<reason> | no_playbook | already_<status>
-    )
+    status: str  # completed | failed | escalated | dry_run | skipped_<reason> | no_playbook | already_<status>
     steps: tuple[tuple[str, str], ...] = ()  # (action, outcome) of the steps this call ran or skipped
     notified: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (channel, outcome)
 
@@ -88,9 +86,7 @@ def _record_metric(action: str, outcome: str) -> None:
 class _Run:
     """One attempt at one incident's playbook; holds the per-attempt bookkeeping."""
 
-    def __init__(
-        self, incident: Incident, playbook: Playbook, catalog: Catalog, edges: Edges, dry_run: bool
-    ) -> None:
+    def __init__(self, incident: Incident, playbook: Playbook, catalog: Catalog, edges: Edges, dry_run: bool) -> None:
         self.incident, self.playbook, self.catalog, self.edges = incident, playbook, catalog, edges
         self.dry_run = dry_run
         self.outcomes: dict[str, str] = {}  # step id -> outcome, for if_failed

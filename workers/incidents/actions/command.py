@@ -61,9 +61,7 @@ def run_command(params: Mapping[str, ParamValue], ctx: ActionContext) -> ActionR
     template = ctx.commands.get(name)
     if template is None:
         raise ActionError(f"command {name!r} is not in the allow-list")
-    argv = [
-        render(f"commands.{name}", part, ctx.labels, ctx.variables, check_label_argument) for part in template
-    ]
+    argv = [render(f"commands.{name}", part, ctx.labels, ctx.variables, check_label_argument) for part in template]
     if ctx.dry_run:
         return ActionResult(True, f"would run {name}", {"command": name, "argv": argv})
     with tempfile.TemporaryFile() as output:

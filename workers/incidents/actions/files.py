@@ -37,9 +37,7 @@ def cleanup_files(params: Mapping[str, ParamValue], ctx: ActionContext) -> Actio
     """
     top = confine("path", text(params, "path"), ctx.allowed_roots)
     if not top.is_dir():
-        return ActionResult(
-            True, f"{top} does not exist; nothing to delete", {"path": str(top), "deleted": []}
-        )
+        return ActionResult(True, f"{top} does not exist; nothing to delete", {"path": str(top), "deleted": []})
     cutoff = time.time() - number(params, "older_than")
     deadline = time.monotonic() + ctx.timeout_s
     deleted: list[str] = []
@@ -63,8 +61,7 @@ def cleanup_files(params: Mapping[str, ParamValue], ctx: ActionContext) -> Actio
     verb = "would delete" if ctx.dry_run else "deleted"
     return ActionResult(
         True,
-        f"{verb} {len(deleted)} file(s), {freed} bytes under {top}"
-        + ("" if complete else " (stopped early)"),
+        f"{verb} {len(deleted)} file(s), {freed} bytes under {top}" + ("" if complete else " (stopped early)"),
         {
             "path": str(top),
             "deleted": deleted[:200],

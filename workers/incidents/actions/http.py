@@ -71,13 +71,9 @@ def request_http(params: Mapping[str, ParamValue], ctx: ActionContext) -> Action
     if ctx.dry_run:
         return ActionResult(True, f"would {method} {url}", {"url": url, "method": method, "json": body})
     try:
-        response = httpx.request(
-            method, url, json=body or None, timeout=ctx.timeout_s, follow_redirects=False
-        )
+        response = httpx.request(method, url, json=body or None, timeout=ctx.timeout_s, follow_redirects=False)
     except httpx.HTTPError as exc:
-        return ActionResult(
-            False, f"{method} {url} failed: {type(exc).__name__}", {"url": url, "error": str(exc)}
-        )
+        return ActionResult(False, f"{method} {url} failed: {type(exc).__name__}", {"url": url, "error": str(exc)})
     expected = integer(params, "expect_status")
     ok = response.status_code == expected if expected else response.is_success
     detail = {

@@ -61,9 +61,7 @@ def archive_logs(params: Mapping[str, ParamValue], ctx: ActionContext) -> Action
     deadline = time.monotonic() + ctx.timeout_s
     archived: list[dict[str, object]] = []
     candidates = [
-        f
-        for f in regular_files(top, text(params, "pattern"), recursive=flag(params, "recursive"))
-        if f.mtime < cutoff
+        f for f in regular_files(top, text(params, "pattern"), recursive=flag(params, "recursive")) if f.mtime < cutoff
     ][: integer(params, "max_files")]
     if ctx.dry_run:
         listed = [{"path": str(f.path), "key": _archive_key(top, f.path, f.mtime)} for f in candidates]

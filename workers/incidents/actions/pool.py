@@ -59,9 +59,7 @@ def scale_pool(params: Mapping[str, ParamValue], ctx: ActionContext) -> ActionRe
     control = ctx.celery_app.control
     discovery = control.inspect(timeout=min(ctx.timeout_s, DISCOVERY_TIMEOUT_S))
     queues_by_worker: Mapping[str, list[dict[str, Any]]] = discovery.active_queues() or {}
-    consumers = sorted(
-        w for w, queues in queues_by_worker.items() if any(q.get("name") == queue for q in queues)
-    )
+    consumers = sorted(w for w, queues in queues_by_worker.items() if any(q.get("name") == queue for q in queues))
     if not consumers:
         return ActionResult(False, f"no worker consumes {queue}", {"queue": queue, "workers": []})
     # With a destination the reply wait ends as soon as every named worker answered.
@@ -75,9 +73,7 @@ def scale_pool(params: Mapping[str, ParamValue], ctx: ActionContext) -> ActionRe
         grow = max(0, min(step, limit - before))
         change: dict[str, object] = {"worker": worker, "before": before, "grow_by": grow}
         if grow and not ctx.dry_run:
-            replies = control.pool_grow(
-                grow, destination=[worker], reply=True, timeout=min(ctx.timeout_s, 5.0)
-            )
+            replies = control.pool_grow(grow, destination=[worker], reply=True, timeout=min(ctx.timeout_s, 5.0))
             change["reply"] = replies[0].get(worker) if replies else None
             change["after"] = _wait_for_size(control, worker, before + grow, ctx.timeout_s)
         changes.append(change)

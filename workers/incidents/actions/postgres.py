@@ -103,9 +103,7 @@ def _end_sessions(params: Mapping[str, ParamValue], ctx: ActionContext, function
                 for r in rows
             ]
             if ctx.dry_run:
-                return ActionResult(
-                    True, f"would {function} {len(sessions)} session(s)", {"sessions": sessions}
-                )
+                return ActionResult(True, f"would {function} {len(sessions)} session(s)", {"sessions": sessions})
             ended = []
             for session in sessions:
                 # pg_terminate_backend is false when the session ended on its own meanwhile.
@@ -130,7 +128,5 @@ def cancel_queries(params: Mapping[str, ParamValue], ctx: ActionContext) -> Acti
     return _end_sessions(params, ctx, "cancel")
 
 
-TERMINATE = ActionSpec(
-    terminate_queries, PARAMS, "terminate sessions running or idle in transaction too long"
-)
+TERMINATE = ActionSpec(terminate_queries, PARAMS, "terminate sessions running or idle in transaction too long")
 CANCEL = ActionSpec(cancel_queries, PARAMS, "cancel queries running too long")
