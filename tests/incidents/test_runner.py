@@ -335,3 +335,26 @@ def test_alert_without_playbook_is_routed_by_severity(
     assert opened.body["incident_id"] == warning and opened.headers["Authorization"] == "Bearer tkt-secret"
     assert _outcomes(state_db, info) == [("notify.log", "ok")]
     assert "tkt-secret" not in str(AuditTrail(state_db).records(warning))
+
+
+def test_default_low_disk_playbook_requests_storage_when_critical(
+    ops_env: Callable[..., Settings], state_db: Engine, tmp_path: Path,
+    recording_server: Callable[[], RecordingServer],
+) -> None:  # fmt: skip
+    tickets = recording_server()
+    settings = ops_env(OPS_TICKET_WEBHOOK_URL=f"{tickets.url}/tickets", OPS_REMEDIATION_ALLOWED_ROOTS=str(tmp_path))
+    warning = insert_incident(state_db, "LowDiskSpace", severity="warning", labels={"instance": "n1"}, fingerprint="w")
+    critical = insert_incident(
+        state_db, "LowDiskSpace", severity="critical", labels={"instance": "n2"}, fingerprint="c"
+    )
+
+    handle_incident(settings, warning)
+    handle_incident(settings, critical)
+
+    assert dict(_outcomes(state_db, warning))["ticket.open"] == "skipped_condition"
+    critical_steps = [o for o in _outcomes(state_db, critical) if not o[0].startswith("notify.")]
+    # The bundled paths lie outside this test's allowed roots: refused, and the playbook goes on.
+    assert critical_steps[0] == ("files.cleanup", "failed")
+    assert critical_steps[-1] == ("ticket.open", "ok")
+    requests = tickets.wait_for(2)
+    assert any(r.body["kind"] == "request" and r.body["title"] == "More storage needed on n2" for r in requests)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from workers.incidents.actions import backups, command, diagnostics, files, http, logs, pool, postgres
+from workers.incidents.actions import backups, command, diagnostics, files, http, logs, pool, postgres, tickets
 from workers.incidents.actions.base import ActionSpec
 
 ACTIONS: Mapping[str, ActionSpec] = {
@@ -20,4 +20,5 @@ ACTIONS: Mapping[str, ActionSpec] = {
     "diagnostics.capture": diagnostics.CAPTURE,
     "diagnostics.dependencies": diagnostics.DEPENDENCIES,
     "command.run": command.RUN,
+    "ticket.open": tickets.OPEN,
 }
