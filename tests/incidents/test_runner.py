@@ -357,4 +357,4 @@ def test_default_low_disk_playbook_requests_storage_when_critical(
     assert critical_steps[0] == ("files.cleanup", "failed")
     assert critical_steps[-1] == ("ticket.open", "ok")
     requests = tickets.wait_for(2)
-    assert any(r.body["kind"] == "request" and r.body["title"] == "More storage needed on n2" for r in requests)
+    assert any(r.body["kind"] == "request" and r.body["summary"] == "More storage needed on n2" for r in requests)
