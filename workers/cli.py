@@ -20,6 +20,7 @@ from workers.errors import ConfigError, UsageError, WorkersError
 from workers.exporter import BrokerLayout, exporter_sources, start_exporter
 from workers.incidents.commands import incidents, receiver, remediation
 from workers.incidents.credentials import Credentials
+from workers.incidents.playbooks import load_playbooks
 from workers.logs import configure_logging
 from workers.processes import (
     EXPORTER_VENV,
@@ -65,13 +66,16 @@ def cli() -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def check(as_json: bool) -> None:
-    """Validate every setting, then probe each service. Exit 0 all good, 2 bad settings, 1 a service down."""
+    """Validate every setting and the playbooks, then probe each service. Exit 0 all good, 2 bad settings or
+    playbooks, 1 a service down."""
     settings = settings_or_exit()
+    catalog = load_playbooks(settings.remediation.playbooks_file)  # ConfigError: exit 2, every problem listed
     results = run_probes(settings)
     if as_json:
         echo_json([r.to_json() for r in results])
     else:
         click.echo("settings: ok")
+        click.echo(f"playbooks: ok - {len(catalog.playbooks)} from {catalog.source}")
         for result in results:
             click.echo(f"{result.service}: {'ok' if result.ok else 'FAILED'} - {result.detail}")
     if not all(r.ok for r in results):
@@ -133,6 +137,8 @@ def demo_seed(
 def worker(queues: str, concurrency: int, hostname: str | None, metrics_bind: str | None) -> None:
     """Run a Celery worker consuming QUEUES (the backups queue wants -c 1)."""
     settings = settings_or_exit()
+    if "incidents" in queues.split(","):
+        load_playbooks(settings.remediation.playbooks_file)  # refuse to start on invalid playbooks (exit 2)
     env = worker_env(settings, queues.split(",")[0], metrics_bind)
     exec_process(worker_argv(queues, concurrency, hostname or f"{queues.split(',')[0]}@%h", settings.log_level), env)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from celery import Celery
 from click.testing import CliRunner
 from sqlalchemy import Engine
 
+from tests.conftest import subprocess_env
 from workers.cli import cli
 from workers.errors import UsageError
 from workers.incidents.lifecycle import load_incident
@@ -111,3 +114,15 @@ def test_cli_ack_resolve_show_and_pause(
     assert handle_incident(settings, paused_id)["status"] == "skipped_paused"
     assert "remediation resumed" in run_cli("remediation", "resume")[1].splitlines()
     assert "remediation: running" in run_cli("remediation", "status")[1]
+
+
+def test_invalid_playbooks_stop_check_and_the_incidents_worker_at_start(
+    base_env: dict[str, str], playbook_file: Callable[[str], Path]
+) -> None:
+    broken = playbook_file(PLAYBOOK.replace("action: command.run", "action: command.runn"))
+    env = subprocess_env({**base_env, "OPS_PLAYBOOKS": str(broken)})
+    for argv in (["check"], ["worker", "-Q", "incidents"]):
+        done = subprocess.run([sys.executable, "-m", "workers", *argv], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert f"{broken}: playbook 'noop': steps[0].action: unknown action 'command.runn'" in done.stderr
