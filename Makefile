@@ -35,10 +35,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 demo: $(STAMP)
-	$(BIN)/python -m bench.demo
+	$(BIN)/python -m demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check workers tests bench beat_schedule.py
+	$(BIN)/ruff check workers tests bench demo beat_schedule.py
 	$(BIN)/mypy
 
 lock:

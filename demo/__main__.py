@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import redis
+
 from demo.scenarios import SCENARIOS, run_all, summary
 from demo.stack import start_stack
 
@@ -24,7 +26,11 @@ def main(argv: list[str]) -> int:
         return 2
     postgres_url = os.environ.get("DEMO_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/13")
-    with tempfile.TemporaryDirectory(prefix="ops-loop-") as tmp:
+    # The demo owns this Redis database: queues, locks and cooldowns of a previous run would skew it.
+    redis.Redis.from_url(redis_url).flushdb()
+    keep = os.environ.get("DEMO_KEEP_DIR")  # keep logs and configs there for a look afterwards
+    with tempfile.TemporaryDirectory(prefix="ops-loop-") as scratch:
+        tmp = tempfile.mkdtemp(prefix="ops-loop-", dir=keep) if keep else scratch
         print("starting redis-backed workers, receiver, beat, exporter, prometheus, alertmanager ...", flush=True)
         stack = start_stack(Path(tmp), redis_url, postgres_url)
         try:

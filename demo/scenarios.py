@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -17,7 +16,7 @@ from workers.app import create_app
 from workers.settings import load_settings
 
 STEP_TIMEOUT_S = 90.0
-FLOOD_TASKS = 1500
+FLOOD_TASKS = 600  # ops.check tasks: enough to stay over the 100-message threshold past `for:`
 IDLE_SESSIONS = 17  # of the CONNECTION LIMIT 20: 85%, over DatabaseConnectionHigh's 80%
 
 
@@ -38,10 +37,20 @@ class Timeline:
     def render(self) -> str:
         lines = [f"== {self.scenario} =="]
         lines += [f"  {t:7.1f}s  {event}" for event, t in self.events]
-        lines += [f"           audit: {a.get('action')} -> {a.get('outcome')}: {a.get('detail')}" for a in self.audit]
+        lines += [f"           audit: {a.get('action')} -> {a.get('outcome')}: {_summary_of(a.get('detail'))}"
+                  for a in self.audit]  # fmt: skip
         if self.error:
             lines.append(f"  FAILED: {self.error}")
         return "\n".join(lines)
+
+
+def _summary_of(detail: object) -> str:
+    if isinstance(detail, dict):
+        extra = {k: v for k, v in detail.items() if k != "summary" and k != "sessions"}
+        text = f"{detail.get('summary', '')} {extra if extra else ''}".strip()
+    else:
+        text = str(detail)
+    return text if len(text) <= 240 else text[:237] + "..."
 
 
 def _timestamp(value: object) -> float | None:
@@ -51,19 +60,29 @@ def _timestamp(value: object) -> float | None:
 
 
 def _incidents(stack: Stack, alertname: str, since: float) -> list[dict[str, Any]]:
-    listed = stack.ops("incidents", "list", "--json")
-    if listed.returncode != 0:
-        return []
-    found = [i for i in json.loads(listed.stdout) if i.get("alertname") == alertname]
-    return [i for i in found if (_timestamp(i.get("created_at")) or 0) >= since - 1]
+    listed = stack.receiver_api("/incidents")["incidents"]
+    found = [i for i in listed if i.get("alertname") == alertname]
+    return [i for i in found if (_received_at(i) or 0) >= since - 1]
+
+
+def _received_at(incident: dict[str, Any]) -> float | None:
+    return _timestamp(incident.get("received_at") or incident.get("created_at"))
 
 
 def _incident_detail(stack: Stack, incident_id: object) -> dict[str, Any]:
-    shown = stack.ops("incidents", "show", str(incident_id), "--json")
-    if shown.returncode != 0:
-        raise RuntimeError(f"incidents show {incident_id}: {shown.stderr.strip()}")
-    detail: dict[str, Any] = json.loads(shown.stdout)
+    detail: dict[str, Any] = stack.receiver_api(f"/incidents/{incident_id}")
     return detail
+
+
+def _alerts_expr(alertname: str) -> str:
+    return f'ALERTS{{alertname="{alertname}",alertstate="firing"}}'
+
+
+def _mark_firing(stack: Stack, timeline: Timeline, alertname: str) -> None:
+    """Wait for the rule to fire; mark the first evaluation at which Prometheus had it firing."""
+    seen = wait_until(f"{alertname} firing", _firing(stack, alertname), STEP_TIMEOUT_S)
+    times = stack.sample_times(_alerts_expr(alertname), timeline.started - 1, seen + 1)
+    timeline.mark("rule firing", times[0] if times else seen)
 
 
 def _firing(stack: Stack, alertname: str) -> Callable[[], bool]:
@@ -81,8 +100,8 @@ def _follow_incident(stack: Stack, timeline: Timeline, alertname: str, action: s
         return bool(found)
 
     wait_until(f"{alertname}: incident recorded", recorded, STEP_TIMEOUT_S, interval_s=0.5)
-    incident = box["incident"]
-    timeline.mark(f"incident {incident['id']} recorded by the receiver", _timestamp(incident.get("created_at")))
+    incident: dict[str, Any] = box["incident"]
+    timeline.mark(f"incident {incident['id']} recorded by the receiver", _received_at(incident))
 
     def acted() -> bool:
         detail = _incident_detail(stack, incident["id"])
@@ -100,8 +119,10 @@ def _follow_incident(stack: Stack, timeline: Timeline, alertname: str, action: s
 
 
 def _close(stack: Stack, timeline: Timeline, alertname: str, incident: dict[str, Any]) -> None:
-    at = wait_until(f"{alertname}: rule resolved", lambda: not stack.prometheus_alerts(alertname), STEP_TIMEOUT_S)
-    timeline.mark("rule resolved in Prometheus", at)
+    gone = wait_until(f"{alertname}: rule resolved", lambda: not stack.prometheus_alerts(alertname), STEP_TIMEOUT_S)
+    # Resolved at the first evaluation after the last one that still had it firing.
+    times = stack.sample_times(_alerts_expr(alertname), timeline.started - 1, gone + 1)
+    timeline.mark("rule resolved in Prometheus", times[-1] + 1 if times else gone)
     box: dict[str, Any] = {}
 
     def closed() -> bool:
@@ -116,13 +137,17 @@ def _close(stack: Stack, timeline: Timeline, alertname: str, incident: dict[str,
 
 def run_backup_too_old(stack: Stack) -> Timeline:
     """No backup exists yet: BackupTooOld fires, the playbook starts a full backup, the rule resolves."""
-    timeline = Timeline("BackupTooOld")
-    timeline.mark("cause: no successful full backup recorded")
-    timeline.mark("rule firing", wait_until("BackupTooOld firing", _firing(stack, "BackupTooOld"), STEP_TIMEOUT_S))
+    wait_until("BackupTooOld pending", lambda: bool(stack.prometheus_alerts("BackupTooOld")), STEP_TIMEOUT_S)
+    # The cause is there from the start: count from when Prometheus first saw no backup.
+    active_at = _timestamp(stack.prometheus_alerts("BackupTooOld")[0].get("activeAt"))
+    timeline = Timeline("BackupTooOld", started=active_at or time.time())
+    timeline.mark("cause: Prometheus finds no successful full backup")
+    _mark_firing(stack, timeline, "BackupTooOld")
     incident = _follow_incident(stack, timeline, "BackupTooOld", "backup.trigger")
     manifests = stack.root / "backups"
-    at = wait_until("backup manifest", lambda: any(manifests.rglob("*.manifest.json")), STEP_TIMEOUT_S)
-    timeline.mark("backup stored with its manifest", at)
+    wait_until("backup manifest", lambda: any(manifests.rglob("*.manifest.json")), STEP_TIMEOUT_S)
+    first = min(manifests.rglob("*.manifest.json"), key=lambda p: p.stat().st_mtime)
+    timeline.mark("backup stored with its manifest", first.stat().st_mtime)
     _close(stack, timeline, "BackupTooOld", incident)
     return timeline
 
@@ -137,12 +162,13 @@ def run_database_connections(stack: Stack) -> Timeline:
             conn.execute("SELECT 1")  # opens a transaction and leaves it idle
             conns.append(conn)
         timeline.mark(f"cause: {IDLE_SESSIONS} sessions idle in transaction")
-        firing = wait_until("DatabaseConnectionHigh firing", _firing(stack, "DatabaseConnectionHigh"), STEP_TIMEOUT_S)
-        timeline.mark("rule firing", firing)
+        _mark_firing(stack, timeline, "DatabaseConnectionHigh")
         incident = _follow_incident(stack, timeline, "DatabaseConnectionHigh", "postgres.terminate_queries")
         expr = f'database_connections_active{{database="{stack.platform.dbname}"}} < {IDLE_SESSIONS // 2}'
-        timeline.mark("metric dropped", wait_until("connections dropped", lambda: bool(stack.query(expr)),
-                                                   STEP_TIMEOUT_S))  # fmt: skip
+        seen = wait_until("connections dropped", lambda: bool(stack.query(expr)), STEP_TIMEOUT_S)
+        acted = timeline.at("playbook started postgres.terminate_queries") or 0
+        dropped = stack.sample_times(expr, timeline.started + acted - 1, seen + 1)
+        timeline.mark("metric dropped (next scrape)", dropped[0] if dropped else seen)
         alive = 0
         for conn in conns:
             try:
@@ -158,18 +184,20 @@ def run_database_connections(stack: Stack) -> Timeline:
 
 def run_queue_backlog(stack: Stack) -> Timeline:
     """A flood on the default queue: the rule fires on ops_queue_messages, the pool grows, the backlog drains."""
-    timeline = Timeline("QueueBacklogHigh")
     app = create_app(load_settings(stack.env), name="loop-flood")
+    timeline = Timeline("QueueBacklogHigh")
+    timeline.mark(f"cause: a flood of {FLOOD_TASKS} tasks onto queue default starts")
     with app.producer_or_acquire() as producer:
         for _ in range(FLOOD_TASKS):
             app.send_task("ops.check", queue="default", producer=producer)
-    timeline.mark(f"cause: {FLOOD_TASKS} tasks flooded onto queue default")
-    timeline.mark("rule firing", wait_until("QueueBacklogHigh firing", _firing(stack, "QueueBacklogHigh"),
-                                            STEP_TIMEOUT_S))  # fmt: skip
+    timeline.mark(f"all {FLOOD_TASKS} tasks sent")
+    _mark_firing(stack, timeline, "QueueBacklogHigh")
     incident = _follow_incident(stack, timeline, "QueueBacklogHigh", "celery.scale")
     drained = 'ops_queue_messages{queue="default",state="ready"} == 0'
-    timeline.mark("backlog drained", wait_until("backlog drained", lambda: bool(stack.query(drained)),
-                                                STEP_TIMEOUT_S * 2))  # fmt: skip
+    seen = wait_until("backlog drained", lambda: bool(stack.query(drained)), STEP_TIMEOUT_S * 2)
+    acted = timeline.started + (timeline.at("playbook started celery.scale") or 0)
+    times = stack.sample_times(drained, acted, seen + 1)
+    timeline.mark("backlog drained", times[0] if times else seen)
     _close(stack, timeline, "QueueBacklogHigh", incident)
     return timeline
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import psycopg
@@ -80,8 +80,8 @@ def wait_until(what: str, ready: Callable[[], bool], timeout_s: float, proc: sub
     raise TimeoutError(f"{what}: not ready within {timeout_s:g}s")
 
 
-def http_ok(url: str, **kwargs: object) -> Callable[[], bool]:
-    return lambda: httpx.get(url, timeout=2, **kwargs).status_code == 200  # type: ignore[arg-type]
+def http_ok(client: httpx.Client, url: str) -> Callable[[], bool]:
+    return lambda: client.get(url, timeout=2).status_code == 200
 
 
 @dataclass
@@ -98,6 +98,8 @@ class Stack:
     token: str
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: list[IO[bytes]] = field(default_factory=list)
+    # One client for every poll: a new one per request would load the CA bundle each time.
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=5))
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -121,15 +123,29 @@ class Stack:
                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
 
     def prometheus_alerts(self, alertname: str) -> list[dict[str, object]]:
-        alerts = httpx.get(f"{self.url('prometheus')}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+        alerts = self.http.get(f"{self.url('prometheus')}/api/v1/alerts").json()["data"]["alerts"]
         return [a for a in alerts if a["labels"].get("alertname") == alertname]
 
     def query(self, expr: str) -> list[dict[str, object]]:
-        body = httpx.get(f"{self.url('prometheus')}/api/v1/query", params={"query": expr}, timeout=5).json()
+        body = self.http.get(f"{self.url('prometheus')}/api/v1/query", params={"query": expr}).json()
         if body.get("status") != "success":
             raise ValueError(f"{expr}: {body.get('error')}")
         result: list[dict[str, object]] = body["data"]["result"]
         return result
+
+    def sample_times(self, expr: str, start: float, end: float | None = None) -> list[float]:
+        """Timestamps (1 s steps) at which expr returned anything between start and end."""
+        params: dict[str, str | float] = {"query": expr, "start": start, "end": end or time.time(), "step": "1s"}
+        body = self.http.get(f"{self.url('prometheus')}/api/v1/query_range", params=params).json()
+        if body.get("status") != "success":
+            raise ValueError(f"{expr}: {body.get('error')}")
+        return sorted({float(t) for series in body["data"]["result"] for t, _value in series["values"]})
+
+    def receiver_api(self, path: str) -> Any:
+        """GET an authenticated receiver endpoint (the incidents API); its JSON."""
+        response = self.http.get(f"{self.url('receiver')}{path}", headers={"Authorization": f"Bearer {self.token}"})
+        response.raise_for_status()
+        return response.json()
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -144,6 +160,7 @@ class Stack:
             del name
         for log in self.logs:
             log.close()
+        self.http.close()
         with psycopg.connect(**self.admin.conninfo(), autocommit=True) as conn:
             for dbname in (self.platform.dbname, self.state_dbname):
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
@@ -207,11 +224,21 @@ def _start_processes(stack: Stack) -> None:
     python = [sys.executable, "-m", "workers"]
     workers = {"incidents": ("incidents", "2"), "default": ("default", "1"), "backups": ("backups", "1")}
     for name, (queues, concurrency) in workers.items():
-        stack.start(f"worker-{name}", [*python, "worker", "-Q", queues, "-c", concurrency, "--hostname",
-                                       f"{name}@loop", "--metrics-bind", f"127.0.0.1:{stack.ports['m-' + name]}"])  # fmt: skip
+        metrics_bind = f"127.0.0.1:{stack.ports['m-' + name]}"
+        stack.start(f"worker-{name}", [*python, "worker", "-Q", queues, "-c", concurrency,
+                                       "--hostname", f"{name}@loop", "--metrics-bind", metrics_bind])  # fmt: skip
     stack.start("receiver", [*python, "receiver"])
     stack.start("beat", [*python, "beat"])
     stack.start("exporter", [*python, "exporter"])
+    ours = {
+        "receiver": http_ok(stack.http, f"{stack.url('receiver')}/healthz"),
+        "exporter": http_ok(stack.http, f"{stack.url('exporter')}/metrics"),
+        **{f"worker-{n}": http_ok(stack.http, f"http://127.0.0.1:{stack.ports['m-' + n]}/metrics") for n in workers},
+    }
+    # Alertmanager and Prometheus start once the receiver answers, so no first notification is lost
+    # to a refused connection (Alertmanager would retry, but only after its backoff).
+    for name, ready in ours.items():
+        wait_until(name, ready, START_TIMEOUT_S, stack.procs[name])
     token_file = stack.root / "receiver-token"
     token_file.write_text(stack.token)
     token_file.chmod(0o600)
@@ -220,6 +247,7 @@ def _start_processes(stack: Stack) -> None:
     stack.start("alertmanager", [
         "prometheus-alertmanager", f"--config.file={am_config}", f"--storage.path={stack.root / 'alertmanager'}",
         f"--web.listen-address=127.0.0.1:{stack.ports['alertmanager']}", "--cluster.listen-address=",
+        "--log.level=debug",
     ])  # fmt: skip
     jobs = {
         "receiver": [f"127.0.0.1:{stack.ports['receiver']}"],
@@ -228,21 +256,18 @@ def _start_processes(stack: Stack) -> None:
     }
     rules = render_rules(stack.root / "rules", RULE_FOR)
     prom_config = stack.root / "prometheus.yml"
-    prom_config.write_text(yaml.safe_dump(prometheus_config(rules, f"127.0.0.1:{stack.ports['alertmanager']}", jobs)))
+    alertmanager = f"127.0.0.1:{stack.ports['alertmanager']}"
+    prom_config.write_text(yaml.safe_dump(prometheus_config(rules, alertmanager, jobs)))
     stack.start("prometheus", [
         "prometheus", f"--config.file={prom_config}", f"--storage.tsdb.path={stack.root / 'prometheus'}",
         f"--web.listen-address=127.0.0.1:{stack.ports['prometheus']}",
+        # Firing alerts are re-sent every minute by default; a first send that finds no Alertmanager
+        # yet would otherwise wait that long.
+        "--rules.alert.resend-delay=2s",
     ])  # fmt: skip
-    checks = {
-        "receiver": http_ok(f"{stack.url('receiver')}/healthz"),
-        "exporter": http_ok(f"{stack.url('exporter')}/metrics"),
-        "alertmanager": http_ok(f"{stack.url('alertmanager')}/-/ready"),
-        "prometheus": http_ok(f"{stack.url('prometheus')}/-/ready"),
-        **{f"worker-{n}": http_ok(f"http://127.0.0.1:{stack.ports['m-' + n]}/metrics") for n in workers},
-    }
-    for name, ready in checks.items():
-        wait_until(name, ready, START_TIMEOUT_S, stack.procs[name])
+    for name in ("alertmanager", "prometheus"):
+        wait_until(name, http_ok(stack.http, f"{stack.url(name)}/-/ready"), START_TIMEOUT_S, stack.procs[name])
     # Every target scraped at least once, so the rules see real series from here on.
     wait_until("prometheus targets", lambda: all(
-        t["health"] == "up" for t in httpx.get(f"{stack.url('prometheus')}/api/v1/targets", timeout=5)
+        t["health"] == "up" for t in stack.http.get(f"{stack.url('prometheus')}/api/v1/targets")
         .json()["data"]["activeTargets"]), START_TIMEOUT_S)  # fmt: skip
