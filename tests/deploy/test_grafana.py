@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
 
+import httpx
+import pytest
 import yaml
 
-from tests.deploy.tools import DEPLOY
+from tests.deploy.tools import DEPLOY, tool
+from workers.embedded import free_port
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = json.loads((GRAFANA / "dashboards" / "ops-workers.json").read_text())
@@ -47,3 +54,39 @@ def test_the_dashboard_covers_every_area_the_issue_names() -> None:
         "ops_remediation_actions_total", "ops_notifications_total",
     ):  # fmt: skip
         assert metric in text, metric
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus with no targets, on a free port, to parse the dashboard's queries."""
+    binary = tool("prometheus", "prometheus")
+    root = tmp_path_factory.mktemp("prometheus")
+    (root / "prometheus.yml").write_text("global: {scrape_interval: 15s}\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass  # not listening yet
+            assert time.monotonic() < deadline, "prometheus did not become ready"
+            threading.Event().wait(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_every_dashboard_query_is_valid_promql(prometheus_url: str) -> None:
+    with httpx.Client(timeout=10) as client:
+        for expr in panel_exprs():
+            body = client.get(f"{prometheus_url}/api/v1/query", params={"query": expr}).json()
+            assert body["status"] == "success", (expr, body.get("error"))
