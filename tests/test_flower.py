@@ -75,17 +75,19 @@ def test_a_task_shows_with_its_identifier_arguments_and_no_secret(flower_url: st
         return database
 
     with start_worker(worker_app, pool="solo", perform_ping_check=False, queues=["default"]):
-        result = echo.apply_async(("platform",), queue="default")
-        result.get(timeout=30)
-        # Flower learns about the task from worker events; give it a bounded time.
-        deadline = time.monotonic() + 30
+        # Flower learns about tasks from worker events, and only from once its event receiver is
+        # connected: send a task again until Flower has seen one end, within a bounded time.
+        deadline = time.monotonic() + 90
         task: dict[str, object] = {}
-        while time.monotonic() < deadline:
-            response = httpx.get(f"{flower_url}/api/task/info/{result.id}", auth=(USER, PASSWORD), timeout=10)
-            if response.status_code == 200 and response.json().get("state") == "SUCCESS":
-                task = response.json()
-                break
-            threading.Event().wait(0.3)
+        while not task and time.monotonic() < deadline:
+            result = echo.apply_async(("platform",), queue="default")
+            result.get(timeout=30)
+            for _ in range(10):
+                response = httpx.get(f"{flower_url}/api/task/info/{result.id}", auth=(USER, PASSWORD), timeout=10)
+                if response.status_code == 200 and response.json().get("state") == "SUCCESS":
+                    task = response.json()
+                    break
+                threading.Event().wait(0.5)
 
     assert task.get("name") == "tests.echo"
     assert task.get("args") == "('platform',)"
