@@ -1,7 +1,7 @@
 """Run the benchmarks: every module bench/NAME_bench.py that defines main(argv) -> int.
 
-    python -m bench              # all of them, one after the other
-    python -m bench backup -h    # one, with its own arguments
+python -m bench              # all of them, one after the other
+python -m bench backup -h    # one, with its own arguments
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def child_cleanup(kind: str, location: str, endpoint: str) -> None:
     print(f"{report.listed_objects} {report.count('backup')} {len(report.held)} {wall} {rss}", flush=True)
 
 
-def bench_cleanup(sizes: list[int], workdir: Path, endpoint: str) -> None:
+def bench_cleanup(sizes: dict[str, list[int]], workdir: Path, endpoint: str) -> None:
     import boto3
 
     client = boto3.session.Session(aws_access_key_id="bench", aws_secret_access_key="bench").client(
@@ -244,7 +244,7 @@ def bench_cleanup(sizes: list[int], workdir: Path, endpoint: str) -> None:
     )
     rows: list[str] = []
     for kind in ("local", "s3"):
-        for count in sizes:
+        for count in sizes[kind]:
             if kind == "s3":
                 bucket = f"bench-{uuid.uuid4().hex[:8]}"
                 client.create_bucket(Bucket=bucket)
@@ -290,7 +290,8 @@ def main(argv: list[str]) -> int:
         default=300000,
         help="300000 gives about 1.1 GB of pg_dump -Z0 output (as in the backup benchmark)",
     )
-    parser.add_argument("--cleanup-sizes", default="5000,10000,20000")
+    parser.add_argument("--cleanup-sizes", default="5000,10000,20000", help="backups per cleanup run")
+    parser.add_argument("--s3-sizes", default=None, help="backups per cleanup run on S3 (default: --cleanup-sizes)")
     parser.add_argument("--part", choices=("all", "verify", "cleanup"), default="all")
     args = parser.parse_args(argv)
     admin = parse_postgres_url(args.database_url)
@@ -305,7 +306,11 @@ def main(argv: list[str]) -> int:
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
             try:
-                bench_cleanup([int(x) for x in args.cleanup_sizes.split(",")], workdir, endpoint)
+                sizes = {
+                    "local": [int(x) for x in args.cleanup_sizes.split(",")],
+                    "s3": [int(x) for x in (args.s3_sizes or args.cleanup_sizes).split(",")],
+                }
+                bench_cleanup(sizes, workdir, endpoint)
             finally:
                 moto.terminate()
                 moto.wait()

@@ -189,7 +189,7 @@ BACKUP_VERIFY_LAST_FAILURE = Gauge(
 )
 BACKUP_VERIFY_FAILURES = Counter(
     "ops_backup_verify_failures_total",
-    "Failed verifications, by kind and reason (checksum, decode, restore, row_count, download, timeout, manifest).",
+    "Failed verifications, by kind and reason (checksum, decode, download, restore, row_count, timeout, server).",
     ["kind", "reason"],
 )
 BACKUP_VERIFY_DURATION = Histogram(

@@ -53,3 +53,16 @@ def test_a_rule_test_with_a_wrong_expectation_fails(tmp_path: Path) -> None:
     result = run_promtool("test", "rules", copy)
     assert result.returncode != 0
     assert "BackupTooOld" in result.stdout + result.stderr
+
+
+def test_every_metric_the_rules_read_is_defined() -> None:
+    import re
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from workers import metrics
+
+    defined = {v._name for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)}
+    read = set(re.findall(r"\b(ops_[a-z_]+)", RULES.read_text()))
+    assert read, "the rules read no ops_ metric"
+    assert read <= defined, f"rules read undefined metrics: {sorted(read - defined)}"

@@ -28,14 +28,13 @@ VERIFICATION_SUFFIX = ".verification.json"
 class Reason(StrEnum):
     """Why a verification failed: a closed set, used as a metric label."""
 
-    MANIFEST = "manifest"  # the manifest is missing fields or unreadable
     DOWNLOAD = "download"  # the object is missing or the store could not be read
     CHECKSUM = "checksum"  # size or SHA-256 of the stored bytes differ from the manifest
     DECODE = "decode"  # the checksum matched but the bytes are not a zstd stream
     RESTORE = "restore"  # pg_restore (or the org restore) reported an error
     ROW_COUNT = "row_count"  # a table's restored row count differs from the manifest
     TIMEOUT = "timeout"  # the restore did not finish in time
-    SERVER = "server"  # the drill server failed (not a verdict on the backup)
+    SERVER = "server"  # the drill could not run as configured (no schema source for org backups)
 
 
 def verification_key(object_key: str) -> str:
