@@ -20,8 +20,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -32,6 +34,7 @@ from psycopg import sql
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_P99_S = 0.250
+SENDERS = 16  # concurrent connections posting alerts
 TOKEN = "bench-token"
 PLAYBOOKS = """
 playbooks:
@@ -42,7 +45,7 @@ playbooks:
     budget_per_hour: 1000000
     steps:
       - action: http.check
-        params: {{url: "{receiver}/healthz", expect_status: 200}}
+        params: {{url: "{target}/healthz", expect_status: 200}}
 """
 
 
@@ -141,22 +144,46 @@ def notification(index: int, run: str) -> dict[str, object]:
 
 
 def send_alerts(base_url: str, rate: float, duration_s: float) -> tuple[list[float], int]:
-    """Post one alert every 1/rate seconds; return the HTTP answer times and how many were refused."""
+    """Post one alert every 1/rate seconds from a pool of connections (a slow answer never delays the
+    next alert's departure, as with Alertmanager); return the HTTP answer times and the refusals."""
     run = uuid.uuid4().hex[:6]
     total = int(rate * duration_s)
     answers: list[float] = []
-    refused = 0
+    refused: list[int] = []
+    lock = threading.Lock()
+    local = threading.local()
+
+    def post(index: int) -> None:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"})
+        sent = time.monotonic()
+        response = local.client.post("/alertmanager", json=notification(index, run))
+        with lock:
+            answers.append(time.monotonic() - sent)
+            if response.status_code != 200:
+                refused.append(response.status_code)
+
     start = time.monotonic()
-    with httpx.Client(base_url=base_url, timeout=10, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    with ThreadPoolExecutor(max_workers=SENDERS) as pool:
         for index in range(total):
             delay = start + index / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            sent = time.monotonic()
-            response = client.post("/alertmanager", json=notification(index, run))
-            answers.append(time.monotonic() - sent)
-            refused += response.status_code != 200
-    return answers, refused
+            pool.submit(post, index)
+    return answers, len(refused)
+
+
+class Target(BaseHTTPRequestHandler):
+    """The endpoint the playbook's http.check calls: answers 200 at once."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 def latencies(state_url: str, expected: int, timeout_s: float) -> list[float]:
@@ -189,8 +216,10 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="ops-bench-") as scratch, scratch_database(args.postgres_url) as state:
         port = free_port()
         receiver_url = f"http://127.0.0.1:{port}"
+        target = ThreadingHTTPServer(("127.0.0.1", 0), Target)
+        threading.Thread(target=target.serve_forever, daemon=True).start()
         playbooks = Path(scratch) / "playbooks.yaml"
-        playbooks.write_text(PLAYBOOKS.format(receiver=receiver_url))
+        playbooks.write_text(PLAYBOOKS.format(target=f"http://127.0.0.1:{target.server_address[1]}"))
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OPS_")}
         env = {
             **clean, "PYTHONPATH": str(REPO), "OPS_BROKER_URL": args.redis_url,
@@ -218,6 +247,7 @@ def main(argv: list[str]) -> int:
             expected = 1 + len(answers)
             measured = latencies(state, expected, timeout_s=120)[1:]
             worker_peak, receiver_peak = worker_rss.stop(), receiver_rss.stop()
+        target.shutdown()
     if not measured:
         print("no alert reached an action", file=sys.stderr)
         return 1

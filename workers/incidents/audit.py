@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -59,6 +59,18 @@ class ActionRecord:
             "detail": self.detail,
             "error": self.error,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRow:
+    incident_id: int
+    step: int | None
+    action: str
+    params: Mapping[str, object]
+    outcome: str
+    at: datetime
+    detail: Mapping[str, object] | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +132,27 @@ class AuditTrail:
         now: datetime,
         detail: Mapping[str, object] | None = None,
         error: str | None = None,
-    ) -> int:
-        """One finished row at once (skips, notifications)."""
-        row_id = self.start(incident_id, step, action, params, now)
-        self.finish(row_id, outcome, now, detail, error)
-        return row_id
+    ) -> None:
+        """One finished row (skips, notifications)."""
+        self.record_many([FinishedRow(incident_id, step, action, params, outcome, now, detail, error)])
+
+    def record_many(self, rows: Sequence[FinishedRow]) -> None:
+        """Finished rows in one transaction (a run's skips, one round of notifications)."""
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(incident_actions),
+                [
+                    {
+                        "incident_id": r.incident_id, "step": r.step, "action": r.action,
+                        "params": masked(r.params), "outcome": r.outcome, "started_at": r.at,
+                        "finished_at": r.at, "detail": dict(r.detail) if r.detail is not None else None,
+                        "error": r.error[:ERROR_LIMIT_CHARS] if r.error else None,
+                    }
+                    for r in rows
+                ],
+            )  # fmt: skip
 
     def records(self, incident_id: int) -> list[ActionRecord]:
         with self.engine.connect() as conn:
@@ -168,12 +196,13 @@ class AuditTrail:
                 ).rowcount
             )
 
-    def sent(self, incident_id: int, channel: str, kind: str) -> bool:
-        """Whether a notification of this kind already went out on channel for this incident."""
-        return any(
-            r.action == f"notify.{channel}" and r.outcome == "ok" and r.params.get("kind") == kind
+    def sent(self, incident_id: int) -> set[tuple[str, str]]:
+        """(channel, kind) of every notification that already went out for this incident."""
+        return {
+            (r.action[len("notify.") :], str(r.params.get("kind")))
             for r in self.records(incident_id)
-        )
+            if r.action.startswith("notify.") and r.outcome == "ok"
+        }
 
     def claim_run(self, incident_id: int, playbook: str, target: str, now: datetime) -> RunClaim:
         """Start the one run of this episode, or find it: resumable (running) or finished (its status)."""

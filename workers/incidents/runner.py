@@ -13,7 +13,7 @@ from workers import metrics
 from workers.errors import WorkersError
 from workers.incidents.actions.base import ActionContext, ActionResult, ArchiveStore, ParamValue
 from workers.incidents.actions.registry import ACTIONS
-from workers.incidents.audit import RUNNING, AuditTrail
+from workers.incidents.audit import RUNNING, AuditTrail, FinishedRow
 from workers.incidents.lifecycle import Incident, recent_episodes
 from workers.incidents.notify import Notification, Notifier, notify_all
 from workers.incidents.playbooks import Catalog, OnFailure, Playbook, Step, matches
@@ -96,8 +96,12 @@ class _Run:
     def skip_all(self, outcome: str, detail: Mapping[str, object]) -> None:
         """Record every step as skipped with the gate's reason."""
         now = self.edges.clock()
-        for index, step in enumerate(self.playbook.steps):
-            self.edges.trail.record(self.incident.id, index, step.action, step.params, outcome, now, detail)
+        rows = [
+            FinishedRow(self.incident.id, index, step.action, step.params, outcome, now, detail)
+            for index, step in enumerate(self.playbook.steps)
+        ]
+        self.edges.trail.record_many(rows)
+        for step in self.playbook.steps:
             _record_metric(step.action, outcome)
             self.ran.append((step.action, outcome))
 
@@ -270,13 +274,10 @@ def send_notifications(
     wanted = list(catalog.channels_for(incident.severity, playbook))
     if kind == "escalate" and "pagerduty" not in wanted:
         wanted.insert(0, "pagerduty")
+    sent = edges.trail.sent(incident.id)
     if kind == "resolve":
-        wanted = [
-            c
-            for c in wanted
-            if edges.trail.sent(incident.id, c, "trigger") or edges.trail.sent(incident.id, c, "escalate")
-        ]
-    wanted = [c for c in wanted if not edges.trail.sent(incident.id, c, kind)]
+        wanted = [c for c in wanted if (c, "trigger") in sent or (c, "escalate") in sent]
+    wanted = [c for c in wanted if (c, kind) not in sent]
     note = Notification(
         kind,
         incident.id,
@@ -289,16 +290,21 @@ def send_notifications(
     settings = edges.settings.notify
     deliveries = notify_all(edges.channels, wanted, note, settings.attempts, settings.backoff_s)
     now = edges.clock()
+    edges.trail.record_many(
+        [
+            FinishedRow(
+                incident.id,
+                None,
+                f"notify.{d.channel}",
+                {"kind": kind},
+                d.outcome,
+                now,
+                {"attempts": d.attempts, "receipt": d.receipt},
+                d.error or None,
+            )
+            for d in deliveries
+        ]
+    )
     for delivery in deliveries:
-        edges.trail.record(
-            incident.id,
-            None,
-            f"notify.{delivery.channel}",
-            {"kind": kind},
-            delivery.outcome,
-            now,
-            {"attempts": delivery.attempts, "receipt": delivery.receipt},
-            delivery.error or None,
-        )
         metrics.NOTIFICATIONS.labels(channel=delivery.channel, outcome=delivery.outcome).inc()
     return [(d.channel, d.outcome) for d in deliveries]

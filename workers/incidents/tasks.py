@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import Task, shared_task
+from sqlalchemy.exc import OperationalError
 
 from workers.errors import ServiceUnavailable
 from workers.incidents.operations import handle_incident
@@ -17,10 +18,13 @@ def reconcile_task(self: Task) -> dict[str, int]:
     return run_reconcile(get_settings(), self.app).to_json()
 
 
+# ignore_result: nobody waits on it; the audit trail is the record, and storing the state twice per
+# task (started, succeeded) in Redis is CPU the incident queue needs under load.
 @shared_task(
     name="incidents.handle",
     bind=True,
-    autoretry_for=(ServiceUnavailable,),
+    ignore_result=True,
+    autoretry_for=(ServiceUnavailable, OperationalError),
     retry_backoff=5,
     retry_backoff_max=120,
     max_retries=10,

@@ -30,8 +30,12 @@ def redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def create_state_engine(url: str) -> Engine:
-    """An engine for the state database; SQLite gets WAL and a busy timeout so processes can share it."""
+def create_state_engine(url: str, *, pre_ping: bool = True) -> Engine:
+    """An engine for the state database; SQLite gets WAL and a busy timeout so processes can share it.
+
+    pre_ping=False saves a round trip per checkout; the caller must then retry on OperationalError
+    (a pooled connection the server dropped fails once and is discarded).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:
@@ -48,7 +52,7 @@ def create_state_engine(url: str) -> Engine:
 
         return engine
     return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5}
+        url, pool_pre_ping=pre_ping, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5}
     )
 
 
