@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -90,3 +91,15 @@ def test_every_dashboard_query_is_valid_promql(prometheus_url: str) -> None:
         for expr in panel_exprs():
             body = client.get(f"{prometheus_url}/api/v1/query", params={"query": expr}).json()
             assert body["status"] == "success", (expr, body.get("error"))
+
+
+def test_every_metric_the_dashboard_reads_is_one_we_export() -> None:
+    readme = (DEPLOY.parent / "README.md").read_text().splitlines()
+    documented = {line.split("`")[1] for line in readme if line.startswith("| `") and line.count("`") >= 2}
+    documented |= {"celery_queue_length", "up"}  # the reference celery-exporter's; Prometheus' own
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for expr in panel_exprs()
+        for name in re.findall(r"\b(?:ops|system|database|celery|http|process)_[a-z_]+\b", expr)
+    }
+    assert used <= documented, sorted(used - documented)
