@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from workers.errors import InvalidAlert
+from workers.incidents.intake import loggable
 from workers.incidents.alerts import (
     Alert,
     AlertStatus,
@@ -279,3 +280,9 @@ def test_episodes_keep_one_per_key_resolved_winning_in_key_order() -> None:
         [("A", AlertStatus.FIRING), ("B", AlertStatus.RESOLVED)],
         key=lambda p: fingerprint({"alertname": p[0]}),
     )
+
+
+def test_payload_text_in_log_fields_cannot_forge_lines() -> None:
+    assert loggable("disk\r\nlevel=critical forged") == "disk\\r\\nlevel=critical forged"
+    assert loggable("警告") == "警告"
+    assert len(loggable("x" * 1000)) == 200

@@ -42,6 +42,11 @@ class Accepted:
         }
 
 
+def loggable(text: str, max_chars: int = 200) -> str:
+    """Payload text made safe for any log format: control characters escaped, length capped."""
+    return repr(text[:max_chars])[1:-1]
+
+
 def _database_unavailable(engine: Engine, exc: DBAPIError) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"state database {redact(str(engine.url))} unreachable: {exc.orig}")
 
@@ -92,8 +97,8 @@ def _count(notification_alerts: Sequence[Alert], outcome: RecordOutcome) -> None
         if not alert.severity_is_known:
             log.warning(
                 "unknown severity counted as warning",
-                extra={"alertname": alert.name, "alert_fingerprint": alert.fingerprint,
-                       "severity_label": alert.severity_label},
+                extra={"alertname": loggable(alert.name), "alert_fingerprint": loggable(alert.fingerprint),
+                       "severity_label": loggable(alert.severity_label or "")},
             )  # fmt: skip
     if outcome.duplicates:
         metrics.ALERT_DELIVERIES_DUPLICATE.inc(outcome.duplicates)

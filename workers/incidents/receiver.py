@@ -1,7 +1,7 @@
 """The alert receiver's HTTP surface: POST /alertmanager, GET /healthz, /readyz, /metrics, the incidents API.
 
 Routes are thin: each request is checked (auth, type, size) and handed to intake.accept(), which
-commits before the route answers 2xx. A 5xx makes Alertmanager retry; any 4xx makes it give up.
+commits before the route answers 202. A 5xx makes Alertmanager retry; any 4xx makes it give up.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from workers.checks import probe_broker
 from workers.errors import DatabaseUnavailable, InvalidAlert
 from workers.incidents.api import incident_routes
 from workers.incidents.credentials import Credentials
-from workers.incidents.intake import Accepted, accept
+from workers.incidents.intake import Accepted, accept, loggable
 from workers.logs import log_context
 from workers.settings import Settings
 
@@ -157,14 +157,15 @@ class Routes:
                 request_id=request_id, fetch_truncated=self.settings.receiver.alertmanager_url is not None,
             )  # fmt: skip
         except InvalidAlert as exc:
-            log.info("notification refused", extra={"field": exc.field, "problem": exc.problem})
+            log.info("notification refused", extra={"field": loggable(exc.field), "problem": exc.problem})
             return self._observed(_error(400, str(exc), request_id, field=exc.field))
         except DatabaseUnavailable:
             log.exception("state database unavailable; answering 503 so Alertmanager retries")
             response = _error(503, "state database unavailable; retry later", request_id)
             response.headers["Retry-After"] = RETRY_AFTER_S
             return self._observed(response)
-        return self._observed(JSONResponse({"request_id": request_id, **accepted.to_json()}), accepted)
+        # 202: recorded and queued; the incident is handled later, by a worker.
+        return self._observed(JSONResponse({"request_id": request_id, **accepted.to_json()}, status_code=202), accepted)
 
     async def healthz(self, _: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
