@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from workers.errors import InvalidAlert
-from workers.incidents.intake import loggable
 from workers.incidents.alerts import (
     Alert,
     AlertStatus,
@@ -22,6 +21,7 @@ from workers.incidents.alerts import (
     parse_notification,
     parse_timestamp,
 )
+from workers.incidents.intake import loggable
 
 CASES = Path("/work/shared/cases/alertmanager")
 LOCAL_CASES = Path(__file__).parent / "cases"
