@@ -58,11 +58,11 @@ class Deliveries:
 
 
 def total(field: str) -> Callable[[list[Delivery]], int]:
-    return lambda seen: sum(getattr(a, field) for status, a in seen if status == 202 and a is not None)
+    return lambda seen: sum(getattr(a, field) for status, a in seen if status == 200 and a is not None)
 
 
 def accepted(predicate: Callable[[Accepted], bool]) -> Callable[[Delivery], bool]:
-    return lambda event: event[0] == 202 and event[1] is not None and predicate(event[1])
+    return lambda event: event[0] == 200 and event[1] is not None and predicate(event[1])
 
 
 @contextmanager

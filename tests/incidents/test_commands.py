@@ -31,9 +31,9 @@ def run_cli(*args: str) -> tuple[int, str]:
 
 def test_incidents_list_show_and_reconcile(client: httpx.Client, engine: Engine, redis_url: str) -> None:
     assert client.post("/alertmanager", content=load_case("01-firing-two-alerts-empty-urls.json"),
-                       headers={**AUTH, "Content-Type": "application/json"}).status_code == 202  # fmt: skip
+                       headers={**AUTH, "Content-Type": "application/json"}).status_code == 200  # fmt: skip
     assert client.post("/alertmanager", content=load_case("03-resolved-single-capitalised-severity.json"),
-                       headers={**AUTH, "Content-Type": "application/json"}).status_code == 202  # fmt: skip
+                       headers={**AUTH, "Content-Type": "application/json"}).status_code == 200  # fmt: skip
 
     code, output = run_cli("incidents", "list", "--json")
     assert code == 0
@@ -114,7 +114,7 @@ def test_receiver_command_migrates_serves_and_records(
         body = load_case("02-disk-full-relative-generator-url.json")
         response = httpx.post(f"{base}/alertmanager", content=body,
                               headers={**AUTH, "Content-Type": "application/json"}, timeout=30)  # fmt: skip
-        assert response.status_code == 202, response.text
+        assert response.status_code == 200, response.text
         assert [r["alertname"] for r in incident_rows(engine)] == ["disk_full"]
         metrics = httpx.get(f"{base}/metrics", timeout=30).text
         assert 'ops_alerts_received_total{severity="warning",status="firing"} 1.0' in metrics

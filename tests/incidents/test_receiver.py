@@ -77,7 +77,7 @@ def test_every_shared_case_is_accepted_recorded_and_enqueued(
 ) -> None:  # fmt: skip
     response = post(client, load_case(case))
 
-    assert response.status_code == 202, response.text
+    assert response.status_code == 200, response.text
     answer = response.json()
     assert (answer["alerts"], answer["recorded"], answer["duplicates"], answer["enqueued"]) == (
         alerts,
@@ -221,7 +221,7 @@ def test_basic_auth_is_accepted_when_configured(
     good = "Basic " + base64.b64encode(b"alertmanager:pa:ss").decode()
     bad = "Basic " + base64.b64encode(b"alertmanager:wrong").decode()
     with http_client(app) as client:
-        assert post(client, notification(firing()), Authorization=good).status_code == 202
+        assert post(client, notification(firing()), Authorization=good).status_code == 200
         assert post(client, notification(firing()), Authorization=bad).status_code == 401
         assert post(client, notification(firing()), Authorization=f"Bearer {TOKEN}").status_code == 401
 
@@ -241,7 +241,7 @@ def test_state_database_down_gives_503_and_a_retry_after_it_returns_succeeds(
     body = notification(firing())
     try:
         with http_client(app) as client:
-            assert post(client, body).status_code == 202
+            assert post(client, body).status_code == 200
             rename(pg, target.dbname, hidden)
 
             down = post(client, notification(firing(alertname="WhileDown")))
@@ -251,7 +251,7 @@ def test_state_database_down_gives_503_and_a_retry_after_it_returns_succeeds(
 
             rename(pg, hidden, target.dbname)
             retried = post(client, notification(firing(alertname="WhileDown")))
-            assert retried.status_code == 202
+            assert retried.status_code == 200
             assert client.get("/readyz").status_code == 200
         names = sorted(str(r["alertname"]) for r in incident_rows(engine))
         assert names == ["DiskFull", "WhileDown"]
@@ -275,7 +275,7 @@ def rename(pg: PgServer, old: str, new: str) -> None:
         pg.created[pg.created.index(old)] = new
 
 
-def test_broker_down_still_answers_202_and_reconcile_enqueues_once_it_is_back(
+def test_broker_down_still_answers_200_and_reconcile_enqueues_once_it_is_back(
     ops_env: Callable[..., Settings], state_url: str, redis_url: str, tmp_path: object
 ) -> None:
     with RedisServer.reserve() as server:
@@ -285,7 +285,7 @@ def test_broker_down_still_answers_202_and_reconcile_enqueues_once_it_is_back(
         app = create_receiver_app(settings, engine=engine, celery_app=sender)
         with http_client(app) as client:
             answer = post(client, notification(firing(), firing(alertname="Other", severity="warning")))
-            assert answer.status_code == 202
+            assert answer.status_code == 200
             assert answer.json()["enqueued"] == 0
         assert all(r["enqueued_at"] is None for r in incident_rows(engine))
 
@@ -307,7 +307,7 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     before = REGISTRY.get_sample_value("ops_alerts_received_total", {"status": "firing", "severity": "critical"}) or 0.0
     post(client, notification(firing()))
     text = client.get("/metrics").text
-    assert 'http_requests_total{endpoint="/alertmanager",method="POST",status="202"}' in text
+    assert 'http_requests_total{endpoint="/alertmanager",method="POST",status="200"}' in text
     assert "http_request_duration_seconds_bucket" in text
     after = REGISTRY.get_sample_value("ops_alerts_received_total", {"status": "firing", "severity": "critical"})
     assert after == before + 1
@@ -315,5 +315,5 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
 
 def test_truncated_count_is_counted(client: httpx.Client) -> None:
     before = sample("ops_alerts_truncated_total")
-    assert post(client, notification(firing(), truncatedAlerts=4)).status_code == 202
+    assert post(client, notification(firing(), truncatedAlerts=4)).status_code == 200
     assert sample("ops_alerts_truncated_total") - before == 4

@@ -1,7 +1,7 @@
 """The alert receiver's HTTP surface: POST /alertmanager, GET /healthz, /readyz, /metrics, the incidents API.
 
 Routes are thin: each request is checked (auth, type, size) and handed to intake.accept(), which
-commits before the route answers 202. A 5xx makes Alertmanager retry; any 4xx makes it give up.
+commits before the route answers 200. A 5xx makes Alertmanager retry; any 4xx makes it give up.
 """
 
 from __future__ import annotations
@@ -164,8 +164,7 @@ class Routes:
             response = _error(503, "state database unavailable; retry later", request_id)
             response.headers["Retry-After"] = RETRY_AFTER_S
             return self._observed(response)
-        # 202: recorded and queued; the incident is handled later, by a worker.
-        return self._observed(JSONResponse({"request_id": request_id, **accepted.to_json()}, status_code=202), accepted)
+        return self._observed(JSONResponse({"request_id": request_id, **accepted.to_json()}), accepted)
 
     async def healthz(self, _: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
