@@ -144,4 +144,5 @@ def test_list_and_show_carry_the_verification(drill_env: dict[str, str], ops_env
 
     shown = json.loads(ops(drill_env, "backup", "show", verified.id, "--json").stdout)
     assert shown["verification"]["backup_id"] == verified.id
+    assert [(h["backup_id"], h["outcome"]) for h in shown["verification_history"]] == [(verified.id, "ok")]
     assert "verification: verified" in ops(drill_env, "backup", "show", verified.id).stdout

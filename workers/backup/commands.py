@@ -8,7 +8,7 @@ import time
 
 import click
 
-from workers.backup.maintenance import verification_index, verification_summary
+from workers.backup.maintenance import verification_history, verification_index, verification_summary
 from workers.backup.manifest import Manifest
 from workers.backup.naming import BackupKind
 from workers.backup.operations import backup, backups, restore_backup, take_full_backup, take_org_backup
@@ -60,12 +60,9 @@ def _done(progress: Progress | None) -> None:
         click.echo("", err=True)
 
 
-def _show_manifest(manifest: Manifest, as_json: bool, verification: VerificationResult | None = None) -> None:
+def _show_manifest(manifest: Manifest, as_json: bool) -> None:
     if as_json:
-        doc = manifest.to_json()
-        if verification is not None:
-            doc["verification"] = verification.to_json()
-        _echo_json(doc)
+        _echo_json(manifest.to_json())
         return
     scope = manifest.database if manifest.organization_id is None else f"{manifest.database}/{manifest.organization_id}"
     click.echo(f"{manifest.id}  {manifest.kind:<4}  {scope}  {manifest.size_bytes:,} bytes  sha256 {manifest.sha256}")
@@ -153,9 +150,17 @@ def show_command(backup_id: str, as_json: bool) -> None:
     settings = _settings()
     manifest = backup(settings, backup_id)
     verification = verification_of(open_store(settings.backup), manifest)
-    _show_manifest(manifest, as_json, verification)
-    if not as_json:
-        click.echo(f"  verification: {verification_summary(verification)}")
+    history = verification_history(settings, manifest.id)
+    if as_json:
+        doc = manifest.to_json()
+        doc["verification"] = _verification_json(verification)
+        doc["verification_history"] = history
+        _echo_json(doc)
+        return
+    _show_manifest(manifest, as_json)
+    click.echo(f"  verification: {verification_summary(verification)}")
+    if len(history) > 1:
+        click.echo(f"  earlier verifications: {len(history) - 1} (state database)")
 
 
 @backup_group.command("restore")

@@ -21,6 +21,7 @@ from workers.backup.verification import (
     VerificationResult,
     object_key_of_verification,
     record_in_state,
+    state_history,
     verifications_in,
     write_verification,
 )
@@ -225,3 +226,13 @@ def verification_summary(result: VerificationResult | None) -> str:
     if result.ok:
         return f"verified {result.finished_at:%Y-%m-%d %H:%M}Z"
     return f"FAILED {result.finished_at:%Y-%m-%d %H:%M}Z ({result.reason}): {result.first_mismatch}"
+
+
+def verification_history(settings: Settings, backup_id: str) -> list[dict[str, object]]:
+    """Every recorded verification of one backup from the state database, newest first (`backup show`)."""
+    engine = create_state_engine(settings.state_database_url.value)
+    try:
+        upgrade(engine)
+        return state_history(engine, [backup_id])
+    finally:
+        engine.dispose()

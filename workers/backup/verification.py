@@ -186,7 +186,10 @@ def state_history(engine: Engine, backup_ids: Iterable[str]) -> list[dict[str, o
     query = (
         select(backup_verifications)
         .where(backup_verifications.c.backup_id.in_(ids))
-        .order_by(backup_verifications.c.finished_at.desc())
+        .order_by(backup_verifications.c.finished_at.desc(), backup_verifications.c.id.desc())
     )
-    with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+    try:
+        with engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(f"state database: reading verifications failed: {exc}") from exc
