@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.conftest import PgServer
 from workers.backup.cleanup import CleanupReport, prune
 from workers.backup.lease import deletion_claims, reading_lease
 from workers.backup.manifest import Manifest, list_manifests, write_manifest
@@ -283,3 +284,12 @@ def test_stale_scratch_databases_are_dropped_and_live_ones_kept(pg_admin: Postgr
     finally:
         with psycopg.connect(**pg_admin.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(stale)))
+
+
+def test_a_live_drill_locked_from_another_database_is_not_swept(pg: PgServer, pg_admin: PostgresTarget) -> None:
+    # Advisory locks belong to a database: a drill of another deployment on the same server locks in
+    # its own database, and the sweep must still see it.
+    elsewhere = pg.create_database()
+    with scratch_database(pg_admin, NOW) as live:
+        assert live.dbname not in sweep_scratch_databases(elsewhere)
+        assert live.dbname in list_scratch_databases(elsewhere)

@@ -153,8 +153,10 @@ def show_command(backup_id: str, as_json: bool) -> None:
     history = verification_history(settings, manifest.id)
     if as_json:
         doc = manifest.to_json()
-        doc["verification"] = _verification_json(verification)
-        doc["verification_history"] = history
+        if verification is not None:
+            doc["verification"] = verification.to_json()
+        if history:
+            doc["verification_history"] = history
         _echo_json(doc)
         return
     _show_manifest(manifest, as_json)

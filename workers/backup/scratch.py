@@ -26,6 +26,18 @@ log = logging.getLogger(__name__)
 PREFIX = "ops_verify_"
 _NAME = re.compile(r"^ops_verify_\d{8}t\d{6}_[0-9a-f]{8}$")
 LOCK_NAMESPACE = "ops-workers.scratch:"
+# Advisory locks belong to the database of the session that holds them, and drills of other
+# deployments (another OPS_DATABASE_URL on the same server) lock in their own database: look for
+# the lock in pg_locks across every database. The drill takes it before CREATE DATABASE, and a dead
+# drill's name is never locked again, so nothing can change between this check and the DROP.
+_HELD_ANYWHERE = """
+    SELECT EXISTS (
+        SELECT 1 FROM pg_locks, (SELECT hashtextextended(%s, 0) AS k) AS wanted
+        WHERE locktype = 'advisory' AND granted AND objsubid = 1
+          AND classid::bigint = (wanted.k >> 32) & 4294967295
+          AND objid::bigint = wanted.k & 4294967295
+    )
+"""
 
 
 def new_scratch_name(now: datetime) -> str:
@@ -85,17 +97,13 @@ def sweep_scratch_databases(server: PostgresTarget, *, dry_run: bool = False) ->
     try:
         with connect(server, autocommit=True) as conn:
             for name in list_scratch_databases(server):
-                key = LOCK_NAMESPACE + name
-                row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()
-                if not row or not row[0]:
+                row = conn.execute(_HELD_ANYWHERE, (LOCK_NAMESPACE + name,)).fetchone()
+                if row and row[0]:
                     continue  # a live drill holds it
-                try:
-                    if not dry_run:
-                        _drop(conn, name)
-                        log.warning("stale scratch database dropped", extra={"database": name})
-                    swept.append(name)
-                finally:
-                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                if not dry_run:
+                    _drop(conn, name)
+                    log.warning("stale scratch database dropped", extra={"database": name})
+                swept.append(name)
     except psycopg.OperationalError as exc:
         raise connection_error(server, exc) from exc
     return swept
