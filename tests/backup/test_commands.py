@@ -98,7 +98,8 @@ def test_enqueue_hands_the_job_to_the_backups_queue(
     result = ops(env, "backup", "full", "--enqueue", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["task"] == "backup.full"
-    assert redis.Redis.from_url(redis_url).llen("backups") == 1
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.llen("backups") == 1
 
 
 def test_check_probes_an_s3_store_through_the_store(base_env: dict[str, str], moto: MotoServer) -> None:

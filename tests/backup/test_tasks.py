@@ -95,9 +95,18 @@ def test_an_unreachable_database_is_retried(
     app.set_default()
     from celery.contrib.testing.worker import start_worker
 
-    with start_worker(app, pool="solo", perform_ping_check=False, queues=["backups"], shutdown_timeout=30):
-        backup_full_task.delay()
-        assert retries.wait(timeout=60), "the task was not retried"
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, queues=["backups"], shutdown_timeout=30):
+            backup_full_task.delay()
+            assert retries.wait(timeout=60), "the task was not retried"
+    finally:
+        close_app(app)
+
+
+def close_app(app: Celery) -> None:
+    """Close the app's broker and result-backend connections (else their sockets leak into later tests)."""
+    app.close()
+    app.backend.client.connection_pool.disconnect()
 
 
 def start_worker_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -175,8 +184,9 @@ def test_worker_sigkilled_mid_backup_publishes_nothing_and_the_redelivered_task_
             return False
 
     wait_for(lock_is_free, 30, "the dead worker's lock to be released")
-    client = redis.Redis.from_url(redis_url)
-    assert client.hlen("unacked") == 1, logs()  # acks_late: the message was not acknowledged
+    with redis.Redis.from_url(redis_url) as client:
+        unacked = client.hlen("unacked")
+    assert unacked == 1, logs()  # acks_late: the message was not acknowledged
 
     # Redis hands an unacknowledged message to another worker after visibility_timeout (the
     # longest task + 10 min); restore it now instead of waiting that long.
@@ -195,6 +205,7 @@ def test_worker_sigkilled_mid_backup_publishes_nothing_and_the_redelivered_task_
         except Exception as exc:
             raise AssertionError(f"redelivered task did not complete: {exc!r}\n{logs()}") from exc
     finally:
+        close_app(app)
         fast.send_signal(signal.SIGTERM)
         try:
             fast.wait(timeout=30)
