@@ -16,6 +16,7 @@ from celery.contrib.testing.worker import TestWorkController, start_worker
 from psycopg import sql
 
 from workers.app import create_app
+from workers.embedded import free_port
 from workers.settings import PostgresTarget, Settings, get_settings, parse_postgres_url
 
 IN_CI = os.environ.get("CI") == "true"
@@ -103,6 +104,10 @@ def base_env(tmp_path: Path, redis_url: str) -> dict[str, str]:
         "OPS_LOG_LEVEL": "DEBUG",
         "OPS_METRICS_BIND": "127.0.0.1:0",
         "OPS_RECEIVER_BIND": "127.0.0.1:0",
+        # Fixed default ports would clash with anything else running here, e.g. another `ops-workers run`.
+        "OPS_EXPORTER_BIND": f"127.0.0.1:{free_port()}",
+        "OPS_CELERY_EXPORTER_BIND": f"127.0.0.1:{free_port()}",
+        "OPS_FLOWER_BIND": f"127.0.0.1:{free_port()}",
     }
 
 

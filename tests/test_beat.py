@@ -62,6 +62,7 @@ def test_two_beats_send_each_scheduled_run_once(
     time.sleep(OBSERVE_S)  # the measured window itself
     sent = client.llen("default") - start
 
-    # One scheduler sends ~1 per second; two unlocked schedulers would send ~2 per second.
-    assert 0.5 * OBSERVE_S <= sent <= 1.4 * OBSERVE_S, sent
+    # One scheduler sends ~1 per second; two unlocked schedulers would send ~2 per second. A loaded
+    # machine may delay ticks (fewer sent), never add any, so only the lower bound is loose.
+    assert 2 <= sent <= 1.4 * OBSERVE_S, sent
     assert all(proc.poll() is None for proc in beats), "a beat process died"
