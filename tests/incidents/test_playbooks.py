@@ -139,3 +139,13 @@ def test_render_is_one_pass_and_refuses_missing_labels() -> None:
     assert render("f", "/x/{labels.instance}", labels, {"secret": "s3cr3t"}) == "/x/{vars.secret}"
     with pytest.raises(UnsafeParameter, match=r"labels\.nope is not set"):
         render("f", "{labels.nope}", labels, {})
+
+
+def test_shipped_backup_playbooks_key_their_target_on_labels_the_backup_rules_carry() -> None:
+    # The backup rules aggregate `by (kind)`: an alert from them carries alertname, kind and severity only.
+    catalog = load_playbooks(None)
+    for alertname in ("BackupTooOld", "BackupVerificationFailing"):
+        labels = {"alertname": alertname, "kind": "full", "severity": "critical"}
+        playbook = catalog.playbook_for(labels)
+        assert playbook is not None
+        assert render("target", playbook.target, labels, {}) == "backup-full"
