@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -14,6 +13,7 @@ from workers import __version__
 from workers.backup.commands import backup_group
 from workers.backup.maintenance_commands import cleanup_command, verify_command
 from workers.checks import run_probes
+from workers.console import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, echo_json, settings_or_exit
 from workers.demo import SeedSize, seed
 from workers.embedded import Embedded, embedded_environment
 from workers.errors import ConfigError, UsageError, WorkersError
@@ -21,7 +21,6 @@ from workers.exporter import BrokerLayout, exporter_sources, start_exporter
 from workers.incidents.commands import incidents, receiver, remediation
 from workers.incidents.credentials import Credentials
 from workers.incidents.playbooks import load_playbooks
-from workers.logs import configure_logging
 from workers.processes import (
     EXPORTER_VENV,
     QUEUE_NAMES,
@@ -34,27 +33,8 @@ from workers.processes import (
     supervise,
     worker_argv,
 )
-from workers.settings import Bind, Settings, get_settings, parse_postgres_url
+from workers.settings import Bind, Settings, parse_postgres_url
 from workers.state.db import create_state_engine, current_revision, upgrade
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # the operation ran and failed, or a service is unreachable
-EXIT_CONFIG = 2  # settings or arguments invalid; nothing was attempted
-
-
-def settings_or_exit() -> Settings:
-    """Settings, or every configuration problem printed and exit EXIT_CONFIG."""
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_CONFIG)
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-def echo_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -16,25 +15,8 @@ from workers.backup.storage import open_store
 from workers.backup.stream import Progress
 from workers.backup.tenant import validate_organization_id
 from workers.backup.verification import VerificationResult, verification_of
-from workers.errors import ConfigError
-from workers.logs import configure_logging
-from workers.settings import Settings, get_settings
-
-EXIT_CONFIG = 2
-
-
-def _settings() -> Settings:
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_CONFIG)
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-def _echo_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+from workers.console import echo_json, settings_or_exit
+from workers.settings import Settings
 
 
 def terminal_progress(label: str) -> Progress | None:
@@ -62,7 +44,7 @@ def _done(progress: Progress | None) -> None:
 
 def _show_manifest(manifest: Manifest, as_json: bool) -> None:
     if as_json:
-        _echo_json(manifest.to_json())
+        echo_json(manifest.to_json())
         return
     scope = manifest.database if manifest.organization_id is None else f"{manifest.database}/{manifest.organization_id}"
     click.echo(f"{manifest.id}  {manifest.kind:<4}  {scope}  {manifest.size_bytes:,} bytes  sha256 {manifest.sha256}")
@@ -77,7 +59,7 @@ def _enqueue(settings: Settings, task: str, args: tuple[str, ...], as_json: bool
 
     result = create_app(settings).send_task(task, args=args)
     if as_json:
-        _echo_json({"task": task, "task_id": result.id})
+        echo_json({"task": task, "task_id": result.id})
     else:
         click.echo(f"{task} enqueued as task {result.id}")
 
@@ -92,7 +74,7 @@ def backup_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def full_command(enqueue: bool, as_json: bool) -> None:
     """Take a full backup of the platform database now and print its manifest."""
-    settings = _settings()
+    settings = settings_or_exit()
     if enqueue:
         _enqueue(settings, "backup.full", (), as_json)
         return
@@ -108,7 +90,7 @@ def full_command(enqueue: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def org_command(organization_id: str, enqueue: bool, as_json: bool) -> None:
     """Back up one organization's rows now and print the manifest."""
-    settings = _settings()
+    settings = settings_or_exit()
     if enqueue:
         validate_organization_id(organization_id, settings.backup.tenant_id_pattern)
         _enqueue(settings, "backup.org", (organization_id,), as_json)
@@ -124,11 +106,11 @@ def org_command(organization_id: str, enqueue: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of manifests.")
 def list_command(kind: str | None, as_json: bool) -> None:
     """Every backup in the store (a backup is an object with its manifest), newest first."""
-    settings = _settings()
+    settings = settings_or_exit()
     found = backups(settings, BackupKind(kind) if kind else None)
     checks = verification_index(settings, BackupKind(kind) if kind else None)
     if as_json:
-        _echo_json([{**m.to_json(), "verification": _verification_json(checks.get(m.id))} for m in found])
+        echo_json([{**m.to_json(), "verification": _verification_json(checks.get(m.id))} for m in found])
         return
     for manifest in found:
         scope = manifest.organization_id or manifest.database
@@ -147,7 +129,7 @@ def _verification_json(result: VerificationResult | None) -> dict[str, object] |
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def show_command(backup_id: str, as_json: bool) -> None:
     """One backup's manifest and its latest verification."""
-    settings = _settings()
+    settings = settings_or_exit()
     manifest = backup(settings, backup_id)
     verification = verification_of(open_store(settings.backup), manifest)
     history = verification_history(settings, manifest.id)
@@ -157,7 +139,7 @@ def show_command(backup_id: str, as_json: bool) -> None:
             doc["verification"] = verification.to_json()
         if history:
             doc["verification_history"] = history
-        _echo_json(doc)
+        echo_json(doc)
         return
     _show_manifest(manifest, as_json)
     click.echo(f"  verification: {verification_summary(verification)}")
@@ -175,12 +157,12 @@ def restore_command(backup_id: str, target_db: str, force: bool, as_json: bool) 
 
     Exit 0 restored, 1 failed (nothing committed), 2 bad arguments or settings.
     """
-    settings = _settings()
+    settings = settings_or_exit()
     progress = terminal_progress("restoring")
     result = restore_backup(settings, backup_id, target_db, force=force, progress=progress)
     _done(progress)
     if as_json:
-        _echo_json(result.to_json())
+        echo_json(result.to_json())
     else:
         rows = ", ".join(f"{t}={n}" for t, n in result.tables.items())
         click.echo(f"restored {result.kind} backup {result.backup_id} into {result.database}: {rows}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -11,27 +10,7 @@ from workers.backup.cleanup import CleanupReport
 from workers.backup.maintenance import LATEST, cleanup_backups, verify
 from workers.backup.naming import BackupKind
 from workers.backup.verification import VerificationResult
-from workers.errors import ConfigError
-from workers.logs import configure_logging
-from workers.settings import Settings, get_settings
-
-EXIT_VERIFIED = 0
-EXIT_VERIFICATION_FAILED = 1
-EXIT_USAGE = 2
-
-
-def _settings() -> Settings:
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_USAGE)
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-def _echo_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+from workers.console import EXIT_FAILED, echo_json, settings_or_exit
 
 
 def _show_cleanup(report: CleanupReport) -> None:
@@ -58,9 +37,9 @@ def _show_cleanup(report: CleanupReport) -> None:
 def cleanup_command(dry_run: bool, as_json: bool) -> None:
     """Delete expired backups (never the newest OPS_BACKUP_KEEP_MIN or the newest verified), orphans,
     stale uploads and throwaway databases of dead drills. Each deletion is listed with its rule."""
-    report = cleanup_backups(_settings(), dry_run=dry_run)
+    report = cleanup_backups(settings_or_exit(), dry_run=dry_run)
     if as_json:
-        _echo_json(report.to_json())
+        echo_json(report.to_json())
     else:
         _show_cleanup(report)
 
@@ -86,10 +65,10 @@ def verify_command(backup_id: str, kind: str | None, as_json: bool) -> None:
     """
     if backup_id != LATEST and kind is not None:
         raise click.UsageError("--kind only applies to 'latest'")
-    result = verify(_settings(), backup_id, BackupKind(kind) if kind else None)
+    result = verify(settings_or_exit(), backup_id, BackupKind(kind) if kind else None)
     if as_json:
-        _echo_json(result.to_json())
+        echo_json(result.to_json())
     else:
         _show_verification(result)
     if not result.ok:
-        sys.exit(EXIT_VERIFICATION_FAILED)
+        sys.exit(EXIT_FAILED)

@@ -10,6 +10,7 @@ from datetime import timedelta
 import click
 from sqlalchemy import Connection
 
+from workers.console import echo_json, settings_or_exit
 from workers.errors import UsageError
 from workers.incidents.credentials import Credentials
 from workers.incidents.operations import (
@@ -28,13 +29,6 @@ from workers.state.db import create_state_engine, upgrade
 RECEIVER_FACTORY = "workers.incidents.receiver:create_app_from_settings"
 
 
-def _settings() -> Settings:
-    # Imported late: workers.cli imports this module to register the commands.
-    from workers.cli import settings_or_exit
-
-    return settings_or_exit()
-
-
 @contextmanager
 def _connection(settings: Settings) -> Iterator[Connection]:
     engine = create_state_engine(settings.state_database_url.value)
@@ -43,12 +37,6 @@ def _connection(settings: Settings) -> Iterator[Connection]:
             yield conn
     finally:
         engine.dispose()
-
-
-def _echo_json(value: object) -> None:
-    from workers.cli import echo_json
-
-    echo_json(value)
 
 
 def check_receiver_auth(settings: Settings) -> None:
@@ -110,7 +98,7 @@ def receiver_argv(settings: Settings, workers: int, certfile: str | None, keyfil
 )
 def receiver(workers: int | None, ssl_certfile: str | None, ssl_keyfile: str | None) -> None:  # fmt: skip
     """Serve the Alertmanager webhook receiver on OPS_RECEIVER_BIND (migrates the state database first)."""
-    settings = _settings()
+    settings = settings_or_exit()
     check_receiver_auth(settings)
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise UsageError("--ssl-certfile and --ssl-keyfile go together")
@@ -144,11 +132,11 @@ def _line(view: IncidentView) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def list_command(status: str | None, limit: int, as_json: bool) -> None:
     """The most recent incidents, newest first."""
-    settings = _settings()
+    settings = settings_or_exit()
     with _connection(settings) as conn:
         views = list_incidents(conn, status=status, limit=limit)
     if as_json:
-        _echo_json([v.to_json() for v in views])
+        echo_json([v.to_json() for v in views])
         return
     click.echo(f"{'id':>6}  {'severity':<8}  {'status':<12}  {'alert':<8}  {'starts_at':<25}  fingerprint  alertname")
     for view in views:
@@ -160,14 +148,14 @@ def list_command(status: str | None, limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def show_command(incident_id: int, as_json: bool) -> None:
     """One incident with its labels and annotations."""
-    settings = _settings()
+    settings = settings_or_exit()
     with _connection(settings) as conn:
         view = get_incident(conn, incident_id)
     if view is None:
         raise UsageError(f"no incident {incident_id}")
     audit = incident_audit(settings, incident_id)
     if as_json:
-        _echo_json({**view.to_json(), **audit})
+        echo_json({**view.to_json(), **audit})
         return
     for key, value in view.to_json().items():
         click.echo(f"{key}: {value}")
@@ -187,12 +175,12 @@ def show_command(incident_id: int, as_json: bool) -> None:
               help="Leave episodes changed this recently to the receiver.")  # fmt: skip
 def reconcile_command(grace_s: float) -> None:
     """Fetch truncated alert groups, then enqueue every recorded episode that has no task yet."""
-    settings = _settings()
+    settings = settings_or_exit()
     from workers.app import app
     from workers.incidents.reconcile import run_reconcile
 
     result = run_reconcile(settings, app, grace=timedelta(seconds=grace_s))
-    _echo_json(result.to_json())
+    echo_json(result.to_json())
 
 
 @incidents.command("ack")
@@ -200,7 +188,7 @@ def reconcile_command(grace_s: float) -> None:
 @click.option("--by", "by", required=True, help="Who acknowledges (recorded with the time).")
 def ack_command(incident_id: int, by: str) -> None:
     """Acknowledge an active incident."""
-    incident = acknowledge_incident(_settings(), incident_id, by)
+    incident = acknowledge_incident(settings_or_exit(), incident_id, by)
     click.echo(f"incident {incident.id} {incident.status} by {incident.acknowledged_by} at {incident.acknowledged_at}")
 
 
@@ -208,7 +196,7 @@ def ack_command(incident_id: int, by: str) -> None:
 @click.argument("incident_id", type=int)
 def resolve_command(incident_id: int) -> None:
     """Resolve an incident by hand: resolve notifications go out; a critical one gets a post-mortem draft."""
-    incident = resolve_incident(_settings(), incident_id)
+    incident = resolve_incident(settings_or_exit(), incident_id)
     click.echo(f"incident {incident.id} resolved at {incident.resolved_at}")
 
 
@@ -222,14 +210,14 @@ def remediation() -> None:
 @click.option("--reason", default="", help="Why, for the others on call.")
 def pause_command(by: str | None, reason: str) -> None:
     """Stop every playbook from acting (each skip is recorded as skipped_paused) until resumed."""
-    pause_remediation(_settings(), by or getpass.getuser(), reason)
+    pause_remediation(settings_or_exit(), by or getpass.getuser(), reason)
     click.echo("remediation paused")
 
 
 @remediation.command("resume")
 def resume_command() -> None:
     """Let playbooks act again."""
-    was_paused = resume_remediation(_settings())
+    was_paused = resume_remediation(settings_or_exit())
     click.echo("remediation resumed" if was_paused else "remediation was not paused")
 
 
@@ -237,9 +225,9 @@ def resume_command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def status_command(as_json: bool) -> None:
     """Paused or running, global dry-run, and the playbooks in force."""
-    status = remediation_status(_settings())
+    status = remediation_status(settings_or_exit())
     if as_json:
-        _echo_json(status)
+        echo_json(status)
         return
     pause = status["pause"]
     if isinstance(pause, dict):
