@@ -13,7 +13,11 @@ QUEUES = ("incidents", "backups", "default")
 # Redis emulates priorities with one list per step; workers drain lower numbers first.
 PRIORITY_STEPS = list(range(10))
 REDBEAT_KEY_PREFIX = "redbeat"  # workers.beat_state reads REDBEAT_KEY_PREFIX:lock and :schedule
-PRIORITY_SEP = ":"  # list names: incidents, incidents:1 ... incidents:9 (workers.queues reads them)
+# kombu's default separator between a queue's name and its priority step: list names are
+# "incidents", "incidents\x06\x163" ... Keep the default: every Celery client sharing this Redis
+# (the celery-exporter, `celery inspect`, Flower) also reads kombu's binding sets with it, and a
+# different one makes their control replies fail to parse ("not enough values to unpack").
+PRIORITY_SEP = "\x06\x16"
 TASK_MODULES = ["workers.tasks", "workers.incidents.tasks", "workers.backup.tasks", "workers.backup.maintenance_tasks"]
 
 
@@ -45,7 +49,6 @@ def create_app(settings: Settings, *, name: str = "workers") -> Celery:
             # or a second pg_dump starts beside the first.
             "visibility_timeout": settings.longest_task_s + 600,
             "priority_steps": PRIORITY_STEPS,
-            "sep": PRIORITY_SEP,
             "queue_order_strategy": "priority",
         },
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},

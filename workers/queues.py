@@ -1,7 +1,8 @@
 """Exact queue depths read from the Redis broker: ready (every priority list), unacked and scheduled.
 
-kombu's Redis transport keeps one list per priority step (`incidents`, `incidents:1` ... `incidents:9`
-with our `sep=":"`), and messages a worker has reserved in the `unacked` hash until they are acked.
+kombu's Redis transport keeps one list per priority step (`incidents`, `incidents\x06\x161` ...
+`incidents\x06\x169`, kombu's default separator), and messages a worker has reserved in the `unacked`
+hash until they are acked.
 A plain `LLEN incidents` (what most exporters do) sees only priority 0.
 """
 

@@ -18,9 +18,10 @@ import redis
 from celery import Celery
 from sqlalchemy import Engine, insert, text, update
 
-from workers.app import create_app
+from workers.app import PRIORITY_SEP, PRIORITY_STEPS, create_app
 from workers.incidents.operations import state_engine
 from workers.incidents.receiver import create_receiver_app
+from workers.queues import priority_lists
 from workers.settings import Settings
 from workers.state.db import create_state_engine, upgrade
 from workers.state.schema import incidents
@@ -92,7 +93,7 @@ def queued_messages(redis_url: str, queue: str = "incidents") -> list[dict[str, 
     """Every message waiting on `queue`, across its priority lists, in the order a worker takes them."""
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = [queue, *(f"{queue}:{step}" for step in range(1, 10))]
+        keys = priority_lists(queue, PRIORITY_STEPS, PRIORITY_SEP)
         messages: list[dict[str, object]] = []
         for key in keys:
             # LPUSH adds on the left and workers pop from the right: read right to left.
