@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,37 @@ def test_demo_seed_creates_the_platform_schema_with_rows(base_env: dict[str, str
     again = ops(base_env, "demo", "seed", "--database-url", url)
     assert "already seeded" in again.stdout
     assert pg.scalar(target, "select count(distinct organization_id) from job_results") == 2  # type: ignore[attr-defined]
+
+
+def test_check_json_lists_the_settings_problems_on_stdout(base_env: dict[str, str]) -> None:
+    result = ops({**base_env, "OPS_LOG_LEVEL": "LOUD"}, "check", "--json")
+
+    assert result.returncode == 2
+    [entry] = json.loads(result.stdout)
+    assert (entry["service"], entry["ok"]) == ("settings", False)
+    assert any("OPS_LOG_LEVEL" in problem for problem in entry["problems"])
+
+
+def test_check_json_reports_settings_and_playbooks_before_the_probes(base_env: dict[str, str]) -> None:
+    result = ops({**base_env, "OPS_BROKER_URL": "redis://127.0.0.1:1/0"}, "check", "--json")
+
+    assert result.returncode == 1
+    services = {entry["service"]: entry["ok"] for entry in json.loads(result.stdout)}
+    assert services["settings"] and services["playbooks"] and not services["broker"]
+
+
+@pytest.mark.parametrize("args", [("incidents", "list"), ("incidents", "show", "1"), ("db", "current")])
+def test_an_unreachable_state_database_is_one_line_and_exit_1(base_env: dict[str, str], args: tuple[str, ...]) -> None:
+    env = {**base_env, "OPS_STATE_DATABASE_URL": "postgresql://ops:pw-never-shown@127.0.0.1:1/state"}
+    result = ops(env, *args)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error: state database") and "unreachable" in result.stderr
+    assert "Traceback" not in result.stderr and "pw-never-shown" not in result.stderr
+
+
+def test_a_worker_for_an_unknown_queue_is_refused(base_env: dict[str, str]) -> None:
+    result = ops(base_env, "worker", "-Q", "incidents,nosuchqueue")
+
+    assert result.returncode == 2
+    assert "nosuchqueue" in result.stderr and "incidents, backups, default" in result.stderr

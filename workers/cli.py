@@ -8,11 +8,13 @@ import threading
 from typing import NoReturn
 
 import click
+import redis.exceptions
+import sqlalchemy.exc
 
 from workers import __version__
 from workers.backup.commands import backup_group
 from workers.backup.maintenance_commands import cleanup_command, verify_command
-from workers.checks import run_probes
+from workers.checks import ProbeResult, run_probes
 from workers.console import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, echo_json, settings_or_exit
 from workers.demo import SeedSize, seed
 from workers.embedded import Embedded, embedded_environment
@@ -21,6 +23,7 @@ from workers.exporter import BrokerLayout, exporter_sources, start_exporter
 from workers.incidents.commands import incidents, receiver, remediation
 from workers.incidents.credentials import Credentials
 from workers.incidents.playbooks import load_playbooks
+from workers.logs import configure_logging
 from workers.processes import (
     EXPORTER_VENV,
     QUEUE_NAMES,
@@ -33,7 +36,7 @@ from workers.processes import (
     supervise,
     worker_argv,
 )
-from workers.settings import Bind, Settings, parse_postgres_url
+from workers.settings import Bind, Settings, get_settings, parse_postgres_url
 from workers.state.db import create_state_engine, current_revision, upgrade
 
 
@@ -48,15 +51,29 @@ def cli() -> None:
 def check(as_json: bool) -> None:
     """Validate every setting and the playbooks, then probe each service. Exit 0 all good, 2 bad settings or
     playbooks, 1 a service down."""
-    settings = settings_or_exit()
-    catalog = load_playbooks(settings.remediation.playbooks_file)  # ConfigError: exit 2, every problem listed
+    checked: list[ProbeResult] = []
+    stage = "settings"
+    try:
+        settings = get_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        checked.append(ProbeResult("settings", True, "ok"))
+        stage = "playbooks"
+        catalog = load_playbooks(settings.remediation.playbooks_file)
+        checked.append(ProbeResult("playbooks", True, f"{len(catalog.playbooks)} from {catalog.source}"))
+    except ConfigError as exc:  # nothing is probed: exit 2 with every problem listed
+        if as_json:
+            problem = {"service": stage, "ok": False, "detail": "invalid", "problems": list(exc.problems)}
+            echo_json([*(r.to_json() for r in checked), problem])
+        else:
+            for result in checked:
+                click.echo(f"{result.service}: ok - {result.detail}")
+            click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
     results = run_probes(settings)
     if as_json:
-        echo_json([r.to_json() for r in results])
+        echo_json([r.to_json() for r in [*checked, *results]])
     else:
-        click.echo("settings: ok")
-        click.echo(f"playbooks: ok - {len(catalog.playbooks)} from {catalog.source}")
-        for result in results:
+        for result in [*checked, *results]:
             click.echo(f"{result.service}: {'ok' if result.ok else 'FAILED'} - {result.detail}")
     if not all(r.ok for r in results):
         sys.exit(EXIT_FAILED)
@@ -117,10 +134,16 @@ def demo_seed(
 def worker(queues: str, concurrency: int, hostname: str | None, metrics_bind: str | None) -> None:
     """Run a Celery worker consuming QUEUES (the backups queue wants -c 1)."""
     settings = settings_or_exit()
-    if "incidents" in queues.split(","):
+    names = [name.strip() for name in queues.split(",") if name.strip()]
+    known = QUEUE_NAMES.split(",")
+    unknown = sorted(set(names) - set(known))
+    if not names or unknown:
+        # A worker on a queue nothing is routed to would sit idle while the real queue backs up.
+        raise UsageError(f"unknown queue(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    if "incidents" in names:
         load_playbooks(settings.remediation.playbooks_file)  # refuse to start on invalid playbooks (exit 2)
-    env = worker_env(settings, queues.split(",")[0], metrics_bind)
-    exec_process(worker_argv(queues, concurrency, hostname or f"{queues.split(',')[0]}@%h", settings.log_level), env)
+    env = worker_env(settings, names[0], metrics_bind)
+    exec_process(worker_argv(",".join(names), concurrency, hostname or f"{names[0]}@%h", settings.log_level), env)
 
 
 def worker_env(settings: Settings, name: str, metrics_bind: str | None) -> dict[str, str]:
@@ -265,5 +288,12 @@ def main() -> NoReturn:
         sys.exit(EXIT_CONFIG)
     except WorkersError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    # Last line of defence for a path that did not translate its own outage: one line, not a traceback.
+    except sqlalchemy.exc.OperationalError as exc:
+        click.echo(f"error: database unreachable: {exc.orig}", err=True)
+        sys.exit(EXIT_FAILED)
+    except redis.exceptions.ConnectionError as exc:
+        click.echo(f"error: broker unreachable: {exc}", err=True)
         sys.exit(EXIT_FAILED)
     sys.exit(EXIT_OK)

@@ -24,7 +24,7 @@ from workers.incidents.operations import (
 from workers.incidents.records import STATUSES, IncidentView, get_incident, list_incidents
 from workers.processes import exec_process, fresh_metrics_dir, python_module_argv
 from workers.settings import Settings
-from workers.state.db import create_state_engine, upgrade
+from workers.state.db import create_state_engine, state_connection, upgrade
 
 RECEIVER_FACTORY = "workers.incidents.receiver:create_app_from_settings"
 
@@ -33,7 +33,7 @@ RECEIVER_FACTORY = "workers.incidents.receiver:create_app_from_settings"
 def _connection(settings: Settings) -> Iterator[Connection]:
     engine = create_state_engine(settings.state_database_url.value)
     try:
-        with engine.connect() as conn:
+        with state_connection(engine) as conn:
             yield conn
     finally:
         engine.dispose()

@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -87,8 +87,27 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
             conn.commit()
 
 
+@contextmanager
+def state_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection to the state database; an unreachable server becomes DatabaseUnavailable.
+
+    Raises:
+        DatabaseUnavailable: the state database could not be reached or dropped the connection.
+    """
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"state database {redact(str(engine.url))} unreachable: {exc.orig}") from exc
+
+
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
+    """The Alembic revision the state database is at; None when it was never migrated.
+
+    Raises:
+        DatabaseUnavailable: the state database could not be reached.
+    """
+    with state_connection(engine) as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
