@@ -91,6 +91,17 @@ def test_corrupted_object_restore_exits_1_naming_the_cause(
     assert "checksum mismatch" in result.stderr
 
 
+def test_restore_refuses_a_target_name_postgres_would_truncate(
+    base_env: dict[str, str], platform_db: PostgresTarget
+) -> None:
+    env = platform_env(base_env, platform_db)
+    manifest = json.loads(ops(env, "backup", "full", "--json").stdout)
+    result = ops(env, "backup", "restore", manifest["id"], "--target-db", "r" * 70)
+
+    assert result.returncode == 2
+    assert "70 bytes" in result.stderr and "truncate" in result.stderr
+
+
 def test_enqueue_hands_the_job_to_the_backups_queue(
     base_env: dict[str, str], platform_db: PostgresTarget, redis_url: str
 ) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from workers.backup.naming import (
     BackupKind,
+    database_name_problem,
     manifest_key,
     new_backup_id,
     object_key,
@@ -91,3 +92,24 @@ def test_org_scope_needs_an_organization() -> None:
     with pytest.raises(ValueError):
         scope_prefix(BackupKind.ORG, "db")
     assert scope_prefix(BackupKind.ORG, "db", ORG) == f"org/db/{ORG}/"
+
+
+@pytest.mark.parametrize("name", ["ops_restore", "Platform-2026", "_tmp$1", "a" * 63])
+def test_plain_database_names_are_accepted(name: str) -> None:
+    assert database_name_problem(name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "letters, digits"),
+        ("-h", "letters, digits"),
+        ("9lives", "starting with a letter"),
+        ('x"; DROP DATABASE platform; --', "letters, digits"),
+        ("db name", "letters, digits"),
+        ("a" * 64, "64 bytes"),
+    ],
+)
+def test_database_names_postgres_would_change_or_that_need_quoting_are_refused(name: str, why: str) -> None:
+    problem = database_name_problem(name)
+    assert problem is not None and why in problem

@@ -82,6 +82,13 @@ def test_malformed_organization_ids_are_refused(bad: str) -> None:
         validate_organization_id(bad, UUID_PATTERN)
 
 
+def test_a_uuid_in_capitals_is_the_same_organization_as_in_lower_case() -> None:
+    # One organization, one key prefix and one backup series, however the operator typed it.
+    upper = "0F8FAD5B-D9CB-469F-A165-70867728950E"
+    assert validate_organization_id(upper, UUID_PATTERN) == upper.lower()
+    assert validate_organization_id("Tenant-A", r"[A-Za-z-]+") == "Tenant-A"  # not a UUID: kept as given
+
+
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_org_backup_holds_exactly_that_organizations_rows_and_restores_them(
     kind: str,

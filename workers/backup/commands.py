@@ -92,8 +92,8 @@ def org_command(organization_id: str, enqueue: bool, as_json: bool) -> None:
     """Back up one organization's rows now and print the manifest."""
     settings = settings_or_exit()
     if enqueue:
-        validate_organization_id(organization_id, settings.backup.tenant_id_pattern)
-        _enqueue(settings, "backup.org", (organization_id,), as_json)
+        canonical = validate_organization_id(organization_id, settings.backup.tenant_id_pattern)
+        _enqueue(settings, "backup.org", (canonical,), as_json)
         return
     progress = terminal_progress("copying")
     manifest = take_org_backup(settings, organization_id, progress=progress)

@@ -40,6 +40,26 @@ def new_backup_id(taken_at: datetime, token: str) -> str:
     return f"{taken_at.astimezone(UTC).strftime(_STAMP_FORMAT)}-{token}"
 
 
+# PostgreSQL truncates identifiers beyond 63 bytes (NAMEDATALEN - 1) without an error: a longer
+# name would restore into a database other than the one asked for.
+MAX_DATABASE_NAME_BYTES = 63
+_DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]*")
+
+
+def database_name_problem(name: str) -> str | None:
+    """Why name is not a database to restore into, or None when it is. Pure.
+
+    Letters, digits, `_`, `$` and `-`, starting with a letter or `_`, at most 63 bytes: names that
+    never need quoting in psql and that PostgreSQL keeps exactly as given.
+    """
+    if not _DATABASE_NAME.fullmatch(name):
+        return "use letters, digits, '_', '$' and '-', starting with a letter or '_'"
+    size = len(name.encode())
+    if size > MAX_DATABASE_NAME_BYTES:
+        return f"it is {size} bytes; PostgreSQL keeps only {MAX_DATABASE_NAME_BYTES} and would truncate it"
+    return None
+
+
 def is_backup_id(text: str) -> bool:
     return _ID.match(text) is not None
 

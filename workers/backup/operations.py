@@ -17,7 +17,7 @@ from workers.backup.dump import DumpOptions, create_full_backup
 from workers.backup.lease import lease_server, reading_lease
 from workers.backup.lock import backup_lock
 from workers.backup.manifest import Manifest, find_manifest, list_manifests
-from workers.backup.naming import BackupKind, is_backup_id, new_backup_id, scope_prefix
+from workers.backup.naming import BackupKind, database_name_problem, is_backup_id, new_backup_id, scope_prefix
 from workers.backup.process import find_program
 from workers.backup.restore import RestoreResult, restore_full, restore_org
 from workers.backup.storage import BackupStore, open_store
@@ -146,7 +146,7 @@ def take_org_backup(
         AlreadyRunning: a backup of this organization is in progress elsewhere.
     """
     with _recorded(BackupKind.ORG, organization_id=organization_id[:80]):
-        validate_organization_id(organization_id, settings.backup.tenant_id_pattern)
+        organization_id = validate_organization_id(organization_id, settings.backup.tenant_id_pattern)
         target = settings.platform_database()
         store = store if store is not None else open_store(settings.backup)
         started_at = datetime.now(UTC)
@@ -203,8 +203,9 @@ def restore_backup(
         ChecksumMismatch: the stored object is damaged; nothing committed.
     """
     source = settings.platform_database()
-    if not target_db or target_db.startswith("-"):
-        raise UsageError(f"--target-db {target_db!r} is not a database name")
+    problem = database_name_problem(target_db)
+    if problem is not None:
+        raise UsageError(f"--target-db {target_db[:80]!r} is not a database name to restore into: {problem}")
     store = open_store(settings.backup)
     manifest = backup(settings, backup_id)
     target = source.with_dbname(target_db)

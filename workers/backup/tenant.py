@@ -52,8 +52,14 @@ class TenantTable:
         return sql.Identifier(self.schema, self.name)
 
 
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def validate_organization_id(organization_id: str, pattern: str) -> str:
-    """The id unchanged if it matches pattern (a UUID by default). Pure.
+    """The id if it matches pattern (a UUID by default); a UUID in its canonical lower-case form. Pure.
+
+    PostgreSQL's uuid type compares case-insensitively, so `ABC...` and `abc...` are one organization:
+    one spelling keeps one key prefix, one backup series and one metric series per organization.
 
     Raises:
         InvalidOrganizationId: anything else, with the reason.
@@ -63,6 +69,8 @@ def validate_organization_id(organization_id: str, pattern: str) -> str:
         raise InvalidOrganizationId(
             f"organization id {shown!r} does not match OPS_TENANT_ID_PATTERN ({pattern}); nothing was done"
         )
+    if _UUID_TEXT.fullmatch(organization_id):
+        return organization_id.lower()
     return organization_id
 
 
@@ -197,7 +205,7 @@ def create_org_backup(
         OrganizationNotFound: no such organization; nothing stored.
         DatabaseUnavailable, DatabaseAuthenticationFailed, StorageUnavailable, StorageFull, StorageRefused.
     """
-    validate_organization_id(organization_id, options.id_pattern)
+    organization_id = validate_organization_id(organization_id, options.id_pattern)
     key = object_key(BackupKind.ORG, target.dbname, backup_id, organization_id)
     with exported_snapshot(target, lock_wait_timeout_s=options.lock_wait_timeout_s) as snapshot:
         conn = snapshot.conn
