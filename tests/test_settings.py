@@ -94,6 +94,15 @@ def test_postgres_url_keeps_the_password_out_of_display_and_in_the_child_environ
     assert target.child_env()["PGSSLMODE"] == "require"
 
 
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [("sslmode=sometimes", "sslmode='sometimes'"), ("sslrootcert=/etc/ca.pem", "PGSSLROOTCERT")],
+)
+def test_a_postgres_url_option_that_would_be_ignored_or_refused_is_a_setting_error(query: str, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        parse_postgres_url(f"postgresql://app@db.internal/platform?{query}")
+
+
 def test_the_readme_settings_table_lists_exactly_the_known_variables() -> None:
     readme = (REPO / "README.md").read_text()
     table_names = {

@@ -81,8 +81,8 @@ class StorageFull(WorkersError):
 class BackupNotFound(UsageError):
     """No backup with this id exists in the store (a backup without a manifest does not exist)."""
 
-    def __init__(self, backup_id: str) -> None:
-        super().__init__(f"no backup with id {backup_id!r} in the store")
+    def __init__(self, backup_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"no backup with id {backup_id!r} in the store; see `ops-workers backup list`")
         self.backup_id = backup_id
 
 

@@ -346,6 +346,9 @@ def _parse_bind(raw: str) -> Bind:
     return Bind(host.strip("[]"), port)
 
 
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # libpq's
+
+
 def parse_postgres_url(raw: str) -> PostgresTarget:
     """postgresql://user[:password]@host[:port]/dbname[?sslmode=...] -> PostgresTarget."""
     parts = urlsplit(raw)
@@ -359,10 +362,16 @@ def parse_postgres_url(raw: str) -> PostgresTarget:
     except ValueError:
         raise ValueError("has an invalid port") from None
     sslmode = None
-    for pair in parts.query.split("&"):
+    for pair in filter(None, parts.query.split("&")):
         key, _, value = pair.partition("=")
-        if key == "sslmode":
-            sslmode = value
+        if key != "sslmode":
+            raise ValueError(
+                f"has query parameter {key!r}; only sslmode is read from the URL "
+                "(set libpq's own variables, e.g. PGSSLROOTCERT, for the rest)"
+            )
+        if value not in SSL_MODES:
+            raise ValueError(f"has sslmode={value!r}; use one of {', '.join(SSL_MODES)}")
+        sslmode = value
     password = Secret(unquote(parts.password)) if parts.password else None
     return PostgresTarget(
         host=parts.hostname or "127.0.0.1",

@@ -66,6 +66,8 @@ def test_verify_exits_0_when_verified_and_1_naming_the_first_mismatch(
     ("args", "message"),
     [
         (["backup", "verify", "20260101T000000Z-deadbeef"], "no backup with id"),
+        (["backup", "verify", "nightly-1"], "is not a backup id"),
+        (["backup", "verify", "latest", "--kind", "org"], "no org backup in the store yet"),
         (["backup", "verify", "latest", "--kind", "nightly"], "Invalid value for '--kind'"),
         (["backup", "verify", "20260101T000000Z-deadbeef", "--kind", "org"], "--kind only applies to 'latest'"),
     ],

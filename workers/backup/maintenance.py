@@ -135,7 +135,8 @@ def select_backup(store: BackupStore, selector: str, kind: BackupKind | None) ->
         return manifest
     keys = _manifest_keys(store, kind or BackupKind.FULL)
     if not keys:
-        raise BackupNotFound(f"{LATEST} {kind or BackupKind.FULL}")
+        wanted = kind or BackupKind.FULL
+        raise BackupNotFound(LATEST, f"no {wanted} backup in the store yet; see `ops-workers backup list`")
     _, newest = max(keys, key=lambda item: (item[0].taken_at, item[0].backup_id))
     return read_manifest(store, newest)
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from workers.backup.naming import MANIFEST_SUFFIX, BackupKind, manifest_key, parse_key
+from workers.backup.naming import MANIFEST_SUFFIX, BackupKind, is_backup_id, manifest_key, parse_key
 from workers.backup.storage import BackupStore
-from workers.errors import BackupNotFound, CorruptBackup
+from workers.errors import BackupNotFound, CorruptBackup, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,12 @@ def find_manifest(store: BackupStore, backup_id: str) -> Manifest:
     """The manifest of the backup with this id.
 
     Raises:
+        UsageError: backup_id is not shaped like one.
         BackupNotFound: no manifest has this id (objects without a manifest don't count).
     """
+    if not is_backup_id(backup_id):
+        shown = backup_id[:80]
+        raise UsageError(f"{shown!r} is not a backup id (YYYYMMDDTHHMMSSZ-xxxxxxxx); see `ops-workers backup list`")
     wanted = f"/{backup_id}{MANIFEST_SUFFIX}"
     for stored in store.list_objects(""):
         if stored.key.endswith(wanted):

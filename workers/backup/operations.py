@@ -17,7 +17,7 @@ from workers.backup.dump import DumpOptions, create_full_backup
 from workers.backup.lease import lease_server, reading_lease
 from workers.backup.lock import backup_lock
 from workers.backup.manifest import Manifest, find_manifest, list_manifests
-from workers.backup.naming import BackupKind, database_name_problem, is_backup_id, new_backup_id, scope_prefix
+from workers.backup.naming import BackupKind, database_name_problem, new_backup_id, scope_prefix
 from workers.backup.process import find_program
 from workers.backup.restore import RestoreResult, restore_full, restore_org
 from workers.backup.storage import BackupStore, open_store
@@ -28,6 +28,7 @@ from workers.errors import (
     CommandFailed,
     CommandNotFound,
     CommandTimedOut,
+    ConfigError,
     DatabaseAuthenticationFailed,
     DatabaseUnavailable,
     StorageFull,
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (AlreadyRunning, "already_running"),
     (UsageError, "usage"),
+    (ConfigError, "config"),  # e.g. OPS_DATABASE_URL not set on the worker
     (DatabaseAuthenticationFailed, "database_auth"),
     (DatabaseUnavailable, "database_unavailable"),
     (StorageFull, "storage_full"),
@@ -187,8 +189,6 @@ def backups(settings: Settings, kind: BackupKind | None = None) -> list[Manifest
 
 def backup(settings: Settings, backup_id: str) -> Manifest:
     """One backup's manifest. Raises BackupNotFound, or UsageError for a malformed id."""
-    if not is_backup_id(backup_id):
-        raise UsageError(f"{backup_id[:80]!r} is not a backup id (YYYYMMDDTHHMMSSZ-xxxxxxxx); see `backup list`")
     return find_manifest(open_store(settings.backup), backup_id)
 
 
