@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,15 @@ def test_a_worker_for_an_unknown_queue_is_refused(base_env: dict[str, str]) -> N
 
     assert result.returncode == 2
     assert "nosuchqueue" in result.stderr and "incidents, backups, default" in result.stderr
+
+
+def test_a_receiver_whose_port_is_taken_says_so_and_exits_1(base_env: dict[str, str]) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**base_env, "OPS_RECEIVER_BIND": f"127.0.0.1:{port}", "OPS_RECEIVER_TOKEN": "t" * 32}
+        result = ops(env, "receiver")
+
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port} (OPS_RECEIVER_BIND)" in result.stderr

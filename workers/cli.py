@@ -33,6 +33,7 @@ from workers.processes import (
     exec_process,
     fresh_metrics_dir,
     python_module_argv,
+    require_free_port,
     supervise,
     worker_argv,
 )
@@ -168,6 +169,7 @@ def flower() -> None:
     bind = settings.flower.bind
     if settings.flower.basic_auth is None and not bind.is_loopback:
         raise UsageError(f"OPS_FLOWER_BASIC_AUTH must be set to serve Flower on {bind} (not loopback)")
+    require_free_port(bind, "OPS_FLOWER_BIND")
     # Flower reads FLOWER_* variables; the credentials go there, never into argv.
     env = {"FLOWER_BASIC_AUTH": settings.flower.basic_auth.value} if settings.flower.basic_auth else {}
     argv = python_module_argv(
@@ -183,6 +185,7 @@ def exporter() -> None:
     # The exporter reads the queue layout of the real app; importing it here keeps `cli` import-free.
     from workers.app import PRIORITY_SEP, PRIORITY_STEPS, QUEUES, REDBEAT_KEY_PREFIX, app
 
+    require_free_port(settings.exporter.bind, "OPS_EXPORTER_BIND")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

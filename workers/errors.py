@@ -37,6 +37,17 @@ class StorageUnavailable(ServiceUnavailable):
     """The backup store could not be reached. Safe to retry."""
 
 
+class PortInUse(WorkersError):
+    """A server could not take its address: another process holds it, or the host has no such address."""
+
+    def __init__(self, variable: str, bind: str, reason: str) -> None:
+        super().__init__(
+            f"cannot listen on {bind} ({variable}): {reason}; stop the process holding it or set {variable}"
+        )
+        self.variable = variable
+        self.bind = bind
+
+
 class CommandError(WorkersError):
     """A child process (pg_dump, pg_restore, psql, an allow-listed command) did not succeed."""
 

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from workers.errors import PortInUse
 from workers.settings import Bind
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,23 @@ def celery_exporter_spec(venv: Path, bind: Bind, queues: str) -> ProcessSpec | N
     argv = (str(python), "-c", CELERY_EXPORTER_MAIN, "--host", bind.host, "--port", str(bind.port),
             "--queues", queues, "--retry-interval", "5", "--accept-content", "json")  # fmt: skip
     return ProcessSpec("celery-exporter", argv, {}, listens=f"metrics http://{bind}/metrics")
+
+
+def require_free_port(bind: Bind, variable: str) -> None:
+    """Fail with a named error before starting a server whose address another process holds.
+
+    Raises:
+        PortInUse: bind is taken (or not an address of this host).
+    """
+    if bind.port == 0:
+        return
+    family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is fine
+        try:
+            probe.bind((bind.host, bind.port))
+        except OSError as exc:
+            raise PortInUse(variable, str(bind), exc.strerror or str(exc)) from exc
 
 
 def fresh_metrics_dir(path: Path) -> Path:

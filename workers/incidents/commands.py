@@ -22,7 +22,7 @@ from workers.incidents.operations import (
     resume_remediation,
 )
 from workers.incidents.records import STATUSES, IncidentView, get_incident, list_incidents
-from workers.processes import exec_process, fresh_metrics_dir, python_module_argv
+from workers.processes import exec_process, fresh_metrics_dir, python_module_argv, require_free_port
 from workers.settings import Settings
 from workers.state.db import create_state_engine, state_connection, upgrade
 
@@ -102,6 +102,7 @@ def receiver(workers: int | None, ssl_certfile: str | None, ssl_keyfile: str | N
     check_receiver_auth(settings)
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise UsageError("--ssl-certfile and --ssl-keyfile go together")
+    require_free_port(settings.receiver.bind, "OPS_RECEIVER_BIND")
     engine = create_state_engine(settings.state_database_url.value)
     try:
         revision = upgrade(engine)
