@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from workers.errors import ConfigError
-from workers.settings import KNOWN_VARIABLES, Secret, load_settings, parse_postgres_url
+from workers.settings import KNOWN_VARIABLES, Secret, environment, load_settings, parse_postgres_url
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,3 +112,16 @@ def test_the_readme_settings_table_lists_exactly_the_known_variables() -> None:
     }
 
     assert table_names == set(KNOWN_VARIABLES)
+
+
+def test_an_unparseable_env_file_line_is_a_setting_error_that_never_shows_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("OPS_LOG_LEVEL=DEBUG\nOPS_RECEIVER_TOKEN secret-value-here\n")
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(ConfigError) as raised:
+        environment()
+
+    assert raised.value.problems == (".env line 2: cannot be parsed (expected NAME=value)",)
+    assert "secret-value-here" not in str(raised.value)

@@ -57,7 +57,7 @@ def check(as_json: bool) -> None:
     try:
         settings = get_settings()
         configure_logging(settings.log_level, settings.log_format)
-        checked.append(ProbeResult("settings", True, "ok"))
+        checked.append(ProbeResult("settings", True, "every OPS_* variable valid"))
         stage = "playbooks"
         catalog = load_playbooks(settings.remediation.playbooks_file)
         checked.append(ProbeResult("playbooks", True, f"{len(catalog.playbooks)} from {catalog.source}"))

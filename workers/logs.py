@@ -110,6 +110,8 @@ def configure_logging(level: str, fmt: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # Alembic narrates every migration step at INFO; our own "state database migrated" line says it once.
+    logging.getLogger("alembic").setLevel(max(logging.getLevelName(level), logging.WARNING))
     # boto's debug output includes request signatures; keep it quiet even at DEBUG.
     for name in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from workers.errors import ConfigError
 
@@ -612,9 +613,19 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
 
 def environment() -> dict[str, str]:
-    """The process environment over the values of ./.env (the environment wins)."""
+    """The process environment over the values of ./.env (the environment wins).
+
+    Raises:
+        ConfigError: a line of ./.env cannot be parsed (each one named by number).
+    """
     merged: dict[str, str] = {}
     if Path(".env").is_file():
+        with Path(".env").open(encoding="utf-8") as stream:
+            # A line python-dotenv cannot parse would otherwise be skipped with a warning, silently
+            # dropping a setting. The line's text is not shown: it may hold a secret.
+            bad = [b.original.line for b in parse_stream(stream) if b.error]
+        if bad:
+            raise ConfigError([f".env line {n}: cannot be parsed (expected NAME=value)" for n in bad])
         merged = {k: v for k, v in dotenv_values(".env").items() if v is not None}
     merged.update(os.environ)
     return merged
