@@ -53,6 +53,8 @@ def test_incidents_list_show_and_reconcile(client: httpx.Client, engine: Engine,
     assert shown["fingerprint"] == "f404ecabc8dd5cd7" and shown["labels"]["group"] == "production"
     code, output = run_cli("incidents", "show", str(first))
     assert "fingerprint: f404ecabc8dd5cd7" in output
+    labels_line = next(line for line in output.splitlines() if line.startswith("labels: "))
+    assert json.loads(labels_line.removeprefix("labels: "))["group"] == "production"  # JSON, not a Python repr
 
     code, output = run_cli("incidents", "reconcile", "--grace-s", "0")
     assert code == 0 and json.loads(output)["enqueued"] == 0  # the receiver already sent every task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -159,7 +160,8 @@ def show_command(incident_id: int, as_json: bool) -> None:
         echo_json({**view.to_json(), **audit})
         return
     for key, value in view.to_json().items():
-        click.echo(f"{key}: {value}")
+        shown = json.dumps(value, ensure_ascii=False, sort_keys=True) if isinstance(value, dict | list) else value
+        click.echo(f"{key}: {shown}")
     for key in ("acknowledged_by", "acknowledged_at", "run_status"):
         click.echo(f"{key}: {audit[key]}")
     click.echo("actions:")
