@@ -79,6 +79,7 @@ def test_api_lists_shows_and_acknowledges(
     assert action["started_at"] and action["finished_at"] and action["detail"]["returncode"] == 0
     assert [(n["action"], n["outcome"]) for n in notifications] == [("notify.pagerduty", "unconfigured")]
     assert missing.status_code == 404 and not_an_id.status_code == 404
+    assert missing.json()["request_id"] == missing.headers["x-request-id"]  # to find its log lines
     assert bad_status.status_code == 400 and no_name.status_code == 400
     assert acked.status_code == 200 and acked.json()["status"] == "acknowledged"
     assert acked.json()["acknowledged_by"] == "alice"

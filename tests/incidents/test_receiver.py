@@ -248,6 +248,9 @@ def test_state_database_down_gives_503_and_a_retry_after_it_returns_succeeds(
             assert down.status_code == 503
             assert down.headers["Retry-After"]
             assert client.get("/readyz").status_code == 503
+            listing = client.get("/incidents", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert listing.status_code == 503
+            assert listing.json()["request_id"] == listing.headers["x-request-id"]
 
             rename(pg, hidden, target.dbname)
             retried = post(client, notification(firing(alertname="WhileDown")))

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from workers.errors import IncidentNotFound, UsageError
+from workers.errors import IncidentNotFound, ServiceUnavailable, UsageError
 from workers.incidents.credentials import Credentials
 from workers.incidents.lifecycle import ACKNOWLEDGED, ACTIVE, RESOLVED
 from workers.incidents.operations import acknowledge_incident, incident_document, incidents_document
@@ -34,8 +35,13 @@ def _json(value: object, status: int = 200, headers: dict[str, str] | None = Non
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
+def _error(request: Request, status: int, message: str) -> Response:
+    """An error body like the webhook's: the message and the request id to find the log lines by."""
+    return _json({"error": message, "request_id": request.state.request_id}, status)
+
+
+def _unavailable(request: Request) -> Response:
+    return _error(request, 503, "state database unavailable; retry later")
 
 
 class IncidentRoutes:
@@ -48,7 +54,7 @@ class IncidentRoutes:
     def _refused(self, request: Request) -> Response | None:
         if self.credentials.allow(request.headers.get("authorization")):
             return None
-        response = _error(401, "missing or wrong credentials")
+        response = _error(request, 401, "missing or wrong credentials")
         response.headers["WWW-Authenticate"] = self.credentials.challenge()
         return response
 
@@ -62,11 +68,14 @@ class IncidentRoutes:
             return refused
         status = request.query_params.get("status")
         if status is not None and status not in (ACTIVE, ACKNOWLEDGED, RESOLVED):
-            return _error(400, "status must be active, acknowledged or resolved")
+            return _error(request, 400, "status must be active, acknowledged or resolved")
         raw_limit = request.query_params.get("limit", "100")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-            return _error(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
-        found = await run_in_threadpool(incidents_document, self.settings, status, int(raw_limit))
+            return _error(request, 400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        try:
+            found = await run_in_threadpool(incidents_document, self.settings, status, int(raw_limit))
+        except (ServiceUnavailable, OperationalError):
+            return _unavailable(request)
         return _json({"incidents": found})
 
     async def show(self, request: Request) -> Response:
@@ -74,11 +83,13 @@ class IncidentRoutes:
             return refused
         incident_id = self._incident_id(request)
         if incident_id is None:
-            return _error(404, "no such incident")
+            return _error(request, 404, "no such incident")
         try:
             document = await run_in_threadpool(incident_document, self.settings, incident_id)
         except IncidentNotFound as exc:
-            return _error(404, str(exc))
+            return _error(request, 404, str(exc))
+        except (ServiceUnavailable, OperationalError):
+            return _unavailable(request)
         return _json(document)
 
     async def ack(self, request: Request) -> Response:
@@ -86,23 +97,25 @@ class IncidentRoutes:
             return refused
         incident_id = self._incident_id(request)
         if incident_id is None:
-            return _error(404, "no such incident")
+            return _error(request, 404, "no such incident")
         body = await request.body()
         if len(body) > ACK_BODY_LIMIT_BYTES:
-            return _error(413, f"body larger than {ACK_BODY_LIMIT_BYTES} bytes")
+            return _error(request, 413, f"body larger than {ACK_BODY_LIMIT_BYTES} bytes")
         try:
             document = json.loads(body or b"{}")
         except ValueError:
-            return _error(400, 'body must be JSON: {"by": "NAME"}')
+            return _error(request, 400, 'body must be JSON: {"by": "NAME"}')
         by = document.get("by") if isinstance(document, dict) else None
         if not isinstance(by, str) or not by.strip():
-            return _error(400, 'body must name who acknowledges: {"by": "NAME"}')
+            return _error(request, 400, 'body must name who acknowledges: {"by": "NAME"}')
         try:
             incident = await run_in_threadpool(acknowledge_incident, self.settings, incident_id, by)
         except IncidentNotFound as exc:
-            return _error(404, str(exc))
+            return _error(request, 404, str(exc))
         except UsageError as exc:
-            return _error(409, str(exc))
+            return _error(request, 409, str(exc))
+        except (ServiceUnavailable, OperationalError):
+            return _unavailable(request)
         return _json(incident.to_json())
 
 
