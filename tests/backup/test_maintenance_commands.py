@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import PgServer, subprocess_env
 from workers.backup.manifest import Manifest, write_manifest
 from workers.backup.operations import take_full_backup
-from workers.backup.scratch import list_scratch_databases
+from workers.backup.scratch import list_scratch_databases, sweep_scratch_databases
 from workers.backup.storage import LocalStore
 from workers.settings import PostgresTarget, Settings
 
@@ -124,6 +124,12 @@ def test_a_killed_drill_leaves_a_database_that_the_next_run_drops(
     finally:
         drill.wait(30)
     [left] = set(list_scratch_databases(source)) - before
+    # The server ends the dead drill's session (and frees its lock) when it notices the closed socket;
+    # under load that takes a moment. Cleanup runs long after a crash in real life: wait for that state.
+    deadline = time.monotonic() + 30
+    while left not in sweep_scratch_databases(source, dry_run=True):
+        assert time.monotonic() < deadline, "the killed drill's session still holds its lock after 30 s"
+        time.sleep(0.1)
 
     result = ops(env, "backup", "cleanup", "--json")
     assert result.returncode == 0, result.stderr
