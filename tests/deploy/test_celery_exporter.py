@@ -63,7 +63,18 @@ def celery_exporter(redis_url: str) -> Iterator[tuple[str, psutil.Process]]:
                 pytest.fail("celery-exporter did not start within 60 s")
             if "Started celery-exporter" in line:
                 break
-        yield f"http://127.0.0.1:{port}/metrics", psutil.Process(proc.pid)
+        url = f"http://127.0.0.1:{port}/metrics"
+        # It logs "Started" before its HTTP server listens: wait until a scrape answers.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url, timeout=10)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, "celery-exporter exited after starting"
+                assert time.monotonic() < deadline, "celery-exporter did not answer on its port within 30 s"
+                time.sleep(0.2)
+        yield url, psutil.Process(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=15)
