@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine
@@ -86,46 +87,109 @@ def test_receiver_refuses_to_start_without_auth(base_env: dict[str, str], env: d
     assert message in proc.stderr
 
 
-def test_receiver_command_migrates_serves_and_records(
-    base_env: dict[str, str], state_url: str, engine: Engine, tmp_path: Path
-) -> None:
+class ReceiverProcess:
+    """`ops-workers receiver` as a child process, its stderr collected; ready once every worker started."""
+
+    def __init__(self, env: dict[str, str], workers: int) -> None:
+        self.workers = workers
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers", "receiver"], env=subprocess_env(env),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.started = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+        self.watcher.start()
+
+    def _watch(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if sum("Application startup complete" in seen for seen in self.lines) >= self.workers:
+                self.started.set()
+
+    def wait_started(self) -> None:
+        assert self.started.wait(STARTUP_TIMEOUT_S), "".join(self.lines[-20:])
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        code = self.proc.wait(timeout=60)
+        self.watcher.join(timeout=30)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code
+
+
+def receiver_env(base_env: dict[str, str], state_url: str, port: int, workers: int) -> dict[str, str]:
+    return {**base_env, "OPS_STATE_DATABASE_URL": state_url, "OPS_RECEIVER_TOKEN": TOKEN,
+            "OPS_RECEIVER_BIND": f"127.0.0.1:{port}", "OPS_RECEIVER_WORKERS": str(workers),
+            "OPS_LOG_LEVEL": "INFO"}  # fmt: skip
+
+
+def post_case(base: str, name: str) -> httpx.Response:
+    return httpx.post(f"{base}/alertmanager", content=load_case(name),
+                      headers={**AUTH, "Content-Type": "application/json"}, timeout=30)  # fmt: skip
+
+
+def test_receiver_command_migrates_serves_and_records(base_env: dict[str, str], state_url: str, engine: Engine) -> None:
     port = free_port()
-    env = {**base_env, "OPS_STATE_DATABASE_URL": state_url, "OPS_RECEIVER_TOKEN": TOKEN,
-           "OPS_RECEIVER_BIND": f"127.0.0.1:{port}", "OPS_RECEIVER_WORKERS": "2",
-           "OPS_LOG_LEVEL": "INFO"}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers", "receiver"], env=subprocess_env(env),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    started = threading.Event()
-    lines: list[str] = []
-
-    def watch() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "Application startup complete" in line:
-                started.set()
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    receiver = ReceiverProcess(receiver_env(base_env, state_url, port, workers=2), workers=2)
     try:
-        assert started.wait(STARTUP_TIMEOUT_S), "".join(lines[-20:])
+        receiver.wait_started()
         base = f"http://127.0.0.1:{port}"
-        body = load_case("02-disk-full-relative-generator-url.json")
-        response = httpx.post(f"{base}/alertmanager", content=body,
-                              headers={**AUTH, "Content-Type": "application/json"}, timeout=30)  # fmt: skip
+        response = post_case(base, "02-disk-full-relative-generator-url.json")
         assert response.status_code == 200, response.text
         assert [r["alertname"] for r in incident_rows(engine)] == ["disk_full"]
         metrics = httpx.get(f"{base}/metrics", timeout=30).text
         assert 'ops_alerts_received_total{severity="warning",status="firing"} 1.0' in metrics
-        assert TOKEN not in "".join(lines)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        watcher.join(timeout=30)
-        proc.stderr.close()
+        assert receiver.stop() == 0
+    assert TOKEN not in "".join(receiver.lines)
+
+
+def _established_per_child(parent: psutil.Process, port: int) -> dict[int, int]:
+    return {
+        child.pid: sum(
+            1 for c in child.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+        )
+        for child in parent.children()
+    }
+
+
+def test_receiver_workers_share_connections_and_a_dead_one_is_replaced(
+    base_env: dict[str, str], state_url: str
+) -> None:
+    port = free_port()
+    receiver = ReceiverProcess(receiver_env(base_env, state_url, port, workers=2), workers=2)
+    parent = psutil.Process(receiver.proc.pid)
+    clients: list[httpx.Client] = []
+    try:
+        receiver.wait_started()
+        # A burst of keep-alive connections, as a load balancer or Alertmanager's HA peers open them.
+        clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) for _ in range(24)]
+        for client in clients:
+            assert client.get("/healthz").status_code == 200
+        spread = _established_per_child(parent, port)
+        assert len(spread) == 2 and sum(spread.values()) == 24
+        assert min(spread.values()) >= 4, spread  # one socket per process: both take a share
+
+        victim = parent.children()[0]
+        victim.kill()
+        victim.wait(timeout=30)
+        # New connections hashed to the dead process's socket wait in its backlog for the replacement.
+        for _ in range(10):
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as fresh:
+                assert fresh.get("/healthz").status_code == 200
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while len(replaced := [c.pid for c in parent.children()]) != 2 and time.monotonic() < deadline:
+            threading.Event().wait(0.1)
+        assert len(replaced) == 2 and victim.pid not in replaced
+    finally:
+        for client in clients:
+            client.close()
+        children = parent.children()
+        assert receiver.stop() == 0
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_run_supervises_the_receiver(ops_env: Callable[..., Settings]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -24,6 +25,7 @@ from workers.incidents.operations import (
 )
 from workers.incidents.records import STATUSES, IncidentView, get_incident, list_incidents
 from workers.processes import exec_process, fresh_metrics_dir, python_module_argv, require_free_port
+from workers.server_pool import serve_pool
 from workers.settings import Settings
 from workers.state.db import create_state_engine, state_connection, upgrade
 
@@ -62,12 +64,15 @@ def check_receiver_auth(settings: Settings) -> None:
     )
 
 
-def receiver_argv(settings: Settings, workers: int, certfile: str | None, keyfile: str | None) -> tuple[str, ...]:
-    """uvicorn's command line for the receiver; TLS files are paths, never secrets."""
+def receiver_argv(settings: Settings, listen: str | int, certfile: str | None, keyfile: str | None) -> tuple[str, ...]:
+    """uvicorn's command line for one receiver process: on OPS_RECEIVER_BIND, or on an inherited socket fd.
+
+    TLS files are paths, never secrets.
+    """
     bind = settings.receiver.bind
+    where = ["--fd", str(listen)] if isinstance(listen, int) else ["--host", bind.host, "--port", str(bind.port)]
     argv = [
-        "uvicorn", RECEIVER_FACTORY, "--factory",
-        "--host", bind.host, "--port", str(bind.port), "--workers", str(workers),
+        "uvicorn", RECEIVER_FACTORY, "--factory", *where,
         "--log-level", settings.log_level.lower(), "--no-access-log", "--no-server-header",
         "--timeout-graceful-shutdown", "30",
     ]  # fmt: skip
@@ -112,8 +117,14 @@ def receiver(workers: int | None, ssl_certfile: str | None, ssl_keyfile: str | N
     click.echo(f"state database at revision {revision}", err=True)
     # uvicorn's workers are processes: their metrics meet in one multiprocess directory.
     metrics_dir = fresh_metrics_dir(settings.var_dir / "metrics" / "receiver")
-    argv = receiver_argv(settings, workers or settings.receiver.workers, ssl_certfile, ssl_keyfile)
-    exec_process(argv, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    processes = workers or settings.receiver.workers
+    if processes == 1:
+        exec_process(receiver_argv(settings, "bind", ssl_certfile, ssl_keyfile), env)
+    # Several processes: a socket each, so the kernel spreads connections evenly (workers/server_pool.py).
+    status = serve_pool(lambda fd: receiver_argv(settings, fd, ssl_certfile, ssl_keyfile),
+                        settings.receiver.bind, processes, env)  # fmt: skip
+    sys.exit(status)
 
 
 @click.group()

@@ -11,6 +11,7 @@ from datetime import datetime
 from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from workers import metrics
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, InvalidAlert
@@ -74,6 +75,8 @@ def record_and_enqueue(
         if isinstance(exc, OperationalError) or exc.connection_invalidated:
             raise _database_unavailable(engine, exc) from exc
         raise
+    except PoolTimeout as exc:
+        raise DatabaseUnavailable(f"state database {redact(str(engine.url))}: no free connection ({exc})") from exc
     try:
         sent = enqueue_transitions(app, outcome.transitions)
     except BrokerUnavailable:

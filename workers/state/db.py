@@ -30,7 +30,7 @@ def redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def create_state_engine(url: str, *, pre_ping: bool = True) -> Engine:
+def create_state_engine(url: str, *, pre_ping: bool = True, pool_size: int = 5) -> Engine:
     """An engine for the state database; SQLite gets WAL and a busy timeout so processes can share it.
 
     pre_ping=False saves a round trip per checkout; the caller must then retry on OperationalError
@@ -52,7 +52,7 @@ def create_state_engine(url: str, *, pre_ping: bool = True) -> Engine:
 
         return engine
     return create_engine(
-        url, pool_pre_ping=pre_ping, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5}
+        url, pool_pre_ping=pre_ping, pool_size=pool_size, max_overflow=10, connect_args={"connect_timeout": 5}
     )
 
 
