@@ -22,8 +22,6 @@ INCIDENTS_QUEUE = "incidents"
 # workers drain step 0 before step 1 and so on: a lower number runs first. Verified against the
 # real broker by tests/incidents/test_dispatch.py.
 PRIORITY: dict[Severity, int] = {Severity.CRITICAL: 0, Severity.WARNING: 3, Severity.INFO: 6}
-# Fail fast when the broker is down: the receiver must answer Alertmanager, and reconcile resends.
-_NO_RETRY = {"max_retries": 0}
 
 
 def enqueue_transitions(app: Celery, transitions: Sequence[Transition]) -> list[Transition]:
@@ -50,8 +48,9 @@ def enqueue_transitions(app: Celery, transitions: Sequence[Transition]) -> list[
                         priority=PRIORITY[transition.severity],
                         ignore_result=True,
                         producer=producer,
-                        retry=True,
-                        retry_policy=_NO_RETRY,
+                        # Fail fast when the broker is down: the receiver must answer Alertmanager, and
+                        # reconcile resends. (retry=True with max_retries=0 fails as fast, at more CPU.)
+                        retry=False,
                     )
     except (KombuError, redis.RedisError, OSError) as exc:
         raise BrokerUnavailable(f"broker did not take {len(ordered)} incidents.handle task(s): {exc}") from exc

@@ -52,6 +52,32 @@ def _database_unavailable(engine: Engine, exc: DBAPIError) -> DatabaseUnavailabl
     return DatabaseUnavailable(f"state database {redact(str(engine.url))} unreachable: {exc.orig}")
 
 
+def _commit_alerts(engine: Engine, alerts: Sequence[Alert], *, request_id: str | None, now: datetime) -> RecordOutcome:
+    """Record the alerts in one transaction; retried once on a pooled connection the server had dropped.
+
+    The receiver's pool skips the pre-ping round trip. After a state-database restart the first use of a
+    stale connection fails with connection_invalidated, SQLAlchemy discards the pool's older connections,
+    and the second attempt runs on a fresh one. Repeating the upsert is safe: it is idempotent.
+
+    Raises:
+        DatabaseUnavailable: the alerts could not be committed.
+    """
+    for attempt in range(2):
+        try:
+            with engine.begin() as conn:
+                return record_alerts(conn, alerts, request_id=request_id, at=now)
+        except DBAPIError as exc:
+            if exc.connection_invalidated and attempt == 0:
+                log.info("stale state-database connection discarded; recording again")
+                continue
+            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                raise _database_unavailable(engine, exc) from exc
+            raise
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(f"state database {redact(str(engine.url))}: no free connection ({exc})") from exc
+    raise AssertionError("unreachable: the second attempt returns or raises")
+
+
 def record_and_enqueue(
     engine: Engine,
     app: Celery,
@@ -68,15 +94,7 @@ def record_and_enqueue(
     Raises:
         DatabaseUnavailable: the alerts could not be committed; nothing was recorded or sent.
     """
-    try:
-        with engine.begin() as conn:
-            outcome = record_alerts(conn, alerts, request_id=request_id, at=now)
-    except (OperationalError, DBAPIError) as exc:
-        if isinstance(exc, OperationalError) or exc.connection_invalidated:
-            raise _database_unavailable(engine, exc) from exc
-        raise
-    except PoolTimeout as exc:
-        raise DatabaseUnavailable(f"state database {redact(str(engine.url))}: no free connection ({exc})") from exc
+    outcome = _commit_alerts(engine, alerts, request_id=request_id, now=now)
     try:
         sent = enqueue_transitions(app, outcome.transitions)
     except BrokerUnavailable:

@@ -215,15 +215,23 @@ def create_receiver_app(
     return app
 
 
+def receiver_engine(settings: Settings) -> Engine:
+    """The receiver's state-database engine: a connection per accepting thread, no pre-ping round trip.
+
+    intake records a notification again when a pooled connection turns out dead (a server restart).
+    """
+    from workers.state.db import create_state_engine
+
+    return create_state_engine(settings.state_database_url.value, pre_ping=False, pool_size=ACCEPT_CONCURRENCY)
+
+
 def create_app_from_settings() -> Starlette:
     """uvicorn's factory (`ops-workers receiver`): this process's settings, logging, engine and Celery app."""
     # Imported here: workers.app is the composition root and reads settings when imported.
     from workers.app import app as celery_app
     from workers.logs import configure_logging
     from workers.settings import get_settings
-    from workers.state.db import create_state_engine
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    engine = create_state_engine(settings.state_database_url.value, pool_size=ACCEPT_CONCURRENCY)
-    return create_receiver_app(settings, engine=engine, celery_app=celery_app)
+    return create_receiver_app(settings, engine=receiver_engine(settings), celery_app=celery_app)
