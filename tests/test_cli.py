@@ -80,6 +80,27 @@ def test_demo_seed_creates_the_platform_schema_with_rows(base_env: dict[str, str
     assert pg.scalar(target, "select count(distinct organization_id) from job_results") == 2  # type: ignore[attr-defined]
 
 
+def test_demo_seed_reset_drops_only_a_database_it_created(base_env: dict[str, str], pg: pytest.FixtureRequest) -> None:
+    precious = pg.create_database(seed="create table precious (x int); insert into precious values (1);")  # type: ignore[attr-defined]
+    url = f"postgresql://postgres@127.0.0.1:5432/{precious.dbname}"
+
+    refused = ops(base_env, "demo", "seed", "--reset", "--database-url", url)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "refuses to drop" in refused.stderr and "Traceback" not in refused.stderr
+    assert pg.scalar(precious, "select count(*) from precious") == 1  # type: ignore[attr-defined]
+    system = ops(base_env, "demo", "seed", "--reset", "--database-url", "postgresql://postgres@127.0.0.1:5432/template1")
+    assert system.returncode == 2 and "system database" in system.stderr
+
+    demo = pg.create_database()  # type: ignore[attr-defined]
+    demo_url = f"postgresql://postgres@127.0.0.1:5432/{demo.dbname}"
+    small = ("--organizations", "1", "--molecules-per-org", "5")
+    first = ops(base_env, "demo", "seed", "--reset", "--database-url", demo_url, *small)
+    assert first.returncode == 0, first.stderr  # empty: dropped and created with the marker
+    again = ops(base_env, "demo", "seed", "--reset", "--database-url", demo_url, *small)
+    assert again.returncode == 0, again.stderr  # its own marker: dropped and seeded again
+    assert pg.scalar(demo, "select count(*) from organizations") == 1  # type: ignore[attr-defined]
+
+
 def test_check_json_lists_the_settings_problems_on_stdout(base_env: dict[str, str]) -> None:
     result = ops({**base_env, "OPS_LOG_LEVEL": "LOUD"}, "check", "--json")
 

@@ -154,15 +154,48 @@ def _admin_connect(target: PostgresTarget) -> psycopg.Connection[tuple[object, .
         raise DatabaseUnavailable(f"cannot reach PostgreSQL at {target.redacted()}: {exc}") from exc
 
 
+# Written on every database `demo seed` creates; `--reset` drops only a database that carries it (or holds no
+# tables), so pointing the command at the platform's real database cannot wipe it.
+DEMO_MARKER = "ops-workers demo platform database"
+_SYSTEM_DATABASES = frozenset({"postgres", "template0", "template1"})
+
+
+def _may_drop(admin: psycopg.Connection[tuple[object, ...]], target: PostgresTarget) -> bool:
+    row = admin.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (target.dbname,)
+    ).fetchone()
+    if row is not None and row[0] == DEMO_MARKER:
+        return True
+    with psycopg.connect(**target.conninfo(), connect_timeout=5) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " AND n.nspname NOT LIKE 'pg_toast%%'"
+        ).fetchone()
+    return tables == (0,)
+
+
 def ensure_database(target: PostgresTarget, *, reset: bool) -> bool:
-    """Create target's database (dropping it first when reset); return True when it was created."""
+    """Create target's database (dropping it first when reset); return True when it was created.
+
+    Raises:
+        UsageError: reset of a system database, or of one that is neither a demo database nor empty.
+    """
+    if reset and target.dbname in _SYSTEM_DATABASES:
+        raise UsageError(f"--reset refuses to drop the system database {target.dbname}")
     with _admin_connect(target) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.dbname,)).fetchone()
         if exists and not reset:
             return False
         if exists:
+            if not _may_drop(admin, target):
+                raise UsageError(
+                    f"--reset refuses to drop {target.dbname}: it holds tables and was not created by `demo seed`"
+                )
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(target.dbname)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(target.dbname),
+                                                                     sql.Literal(DEMO_MARKER)))  # fmt: skip
         return True
 
 
