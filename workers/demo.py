@@ -100,7 +100,7 @@ STATEMENTS = (
                               'hbd', (random() * 5)::int, 'hba', (random() * 10)::int,
                               'tpsa', round((random() * 140)::numeric, 1),
                               'source', (ARRAY['zinc', 'chembl', 'inhouse'])[1 + m %% 3]),
-           now() - (random() * 365 || ' days')::interval
+           now() - random() * 365 * interval '1 day'
     FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM organizations) AS o,
          generate_series(1, %(molecules)s) AS m
     """,
