@@ -87,10 +87,6 @@ def _child_exited(pid: int | None = None, **_: Any) -> None:
         multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]
 
 
-def _beat_sent(**_: Any) -> None:
-    metrics.BEAT_LAST_TICK.set_to_current_time()
-
-
 def connect() -> None:
     """Connect every handler; called once, by workers.app."""
     signals.setup_logging.connect(_setup_logging, weak=False)
@@ -99,4 +95,3 @@ def connect() -> None:
     signals.task_postrun.connect(_task_finished, weak=False)
     signals.worker_ready.connect(_worker_ready, weak=False)
     signals.worker_process_shutdown.connect(_child_exited, weak=False)
-    signals.beat_embedded_init.connect(_beat_sent, weak=False)
