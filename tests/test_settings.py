@@ -41,6 +41,7 @@ def test_defaults_need_no_configuration() -> None:
         ("OPS_BACKUP_RETENTION_DAYS", "thirty", "OPS_BACKUP_RETENTION_DAYS: must be a whole number"),
         ("OPS_BACKUP_DUMP_TIMEOUT_S", "soon", "OPS_BACKUP_DUMP_TIMEOUT_S: must be a number of seconds"),
         ("OPS_SCHEDULE_BACKUP_FULL", "daily", "OPS_SCHEDULE_BACKUP_FULL: must be a crontab expression"),
+        ("OPS_SCHEDULE_OPS_CHECK", "hourly", "OPS_SCHEDULE_OPS_CHECK: must be a crontab expression"),
         ("OPS_RECEIVER_ALLOW_NO_AUTH", "maybe", "OPS_RECEIVER_ALLOW_NO_AUTH: must be one of 1/0"),
         ("OPS_RECEIVER_BASIC_AUTH", "justauser", "OPS_RECEIVER_BASIC_AUTH: must be USER:PASSWORD"),
         ("OPS_S3_SSE", "rot13", "OPS_S3_SSE: must be one of AES256, AWS:KMS, NONE"),
