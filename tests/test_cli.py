@@ -114,6 +114,13 @@ def test_a_worker_for_an_unknown_queue_is_refused(base_env: dict[str, str]) -> N
     assert "nosuchqueue" in result.stderr and "incidents, backups, default" in result.stderr
 
 
+def test_a_backups_worker_with_more_than_one_process_is_refused(base_env: dict[str, str]) -> None:
+    result = ops(base_env, "worker", "-Q", "default,backups", "-c", "2")
+
+    assert result.returncode == 2
+    assert "-c 2 with the backups queue" in result.stderr and "one pg_dump at a time" in result.stderr
+
+
 def test_a_receiver_whose_port_is_taken_says_so_and_exits_1(base_env: dict[str, str]) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

@@ -36,6 +36,7 @@ from workers.processes import (
     require_free_port,
     supervise,
     worker_argv,
+    worker_concurrency,
 )
 from workers.settings import Bind, Settings, get_settings, parse_postgres_url
 from workers.state.db import create_state_engine, current_revision, upgrade
@@ -129,11 +130,12 @@ def demo_seed(
 
 @cli.command()
 @click.option("-Q", "--queues", default="incidents,backups,default", show_default=True)
-@click.option("-c", "--concurrency", default=2, show_default=True, type=click.IntRange(1))
+@click.option("-c", "--concurrency", default=None, type=click.IntRange(1),
+              help="Pool processes [default: 2; 1, the only value allowed, with the backups queue].")  # fmt: skip
 @click.option("--hostname", default=None, help="Celery node name (default: QUEUE@host).")
 @click.option("--metrics-bind", default=None, help="HOST:PORT for /metrics (default: OPS_METRICS_BIND).")
-def worker(queues: str, concurrency: int, hostname: str | None, metrics_bind: str | None) -> None:
-    """Run a Celery worker consuming QUEUES (the backups queue wants -c 1)."""
+def worker(queues: str, concurrency: int | None, hostname: str | None, metrics_bind: str | None) -> None:
+    """Run a Celery worker consuming QUEUES (with backups among them: one process, -c 1)."""
     settings = settings_or_exit()
     names = [name.strip() for name in queues.split(",") if name.strip()]
     known = QUEUE_NAMES.split(",")
@@ -141,10 +143,11 @@ def worker(queues: str, concurrency: int, hostname: str | None, metrics_bind: st
     if not names or unknown:
         # A worker on a queue nothing is routed to would sit idle while the real queue backs up.
         raise UsageError(f"unknown queue(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    processes = worker_concurrency(names, concurrency)
     if "incidents" in names:
         load_playbooks(settings.remediation.playbooks_file)  # refuse to start on invalid playbooks (exit 2)
     env = worker_env(settings, names[0], metrics_bind)
-    exec_process(worker_argv(",".join(names), concurrency, hostname or f"{names[0]}@%h", settings.log_level), env)
+    exec_process(worker_argv(",".join(names), processes, hostname or f"{names[0]}@%h", settings.log_level), env)
 
 
 def worker_env(settings: Settings, name: str, metrics_bind: str | None) -> dict[str, str]:

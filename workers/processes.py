@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from workers.errors import PortInUse
+from workers.errors import PortInUse, UsageError
 from workers.settings import Bind
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,24 @@ def worker_argv(queues: str, concurrency: int, hostname: str, loglevel: str) -> 
         "-Q", queues, "-c", str(concurrency), "--hostname", hostname,
         "--loglevel", loglevel, "--without-mingle", "-E",
     )  # fmt: skip
+
+
+def worker_concurrency(queues: Sequence[str], requested: int | None) -> int:
+    """The pool size of a worker on queues: 1 when it serves backups, else requested or 2.
+
+    Raises:
+        UsageError: more than one process asked for a worker that serves the backups queue.
+    """
+    if "backups" not in queues:
+        return requested or 2
+    if requested is not None and requested > 1:
+        # Each pool process would run its own pg_dump; the per-database lock would only make the
+        # extra ones wait, holding a connection and a message for the whole length of a backup.
+        raise UsageError(
+            f"-c {requested} with the backups queue: a worker runs one pg_dump at a time "
+            "(the backup lock serialises per database anyway); use -c 1, or more workers"
+        )
+    return 1
 
 
 def beat_argv(loglevel: str) -> tuple[str, ...]:
