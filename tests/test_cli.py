@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import subprocess_env
+from workers.cli import worker_env
+from workers.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -119,6 +121,19 @@ def test_a_backups_worker_with_more_than_one_process_is_refused(base_env: dict[s
 
     assert result.returncode == 2
     assert "-c 2 with the backups queue" in result.stderr and "one pg_dump at a time" in result.stderr
+
+
+def test_two_workers_on_one_queue_keep_their_own_metrics_directories(tmp_path: Path) -> None:
+    settings = load_settings({"OPS_VAR_DIR": str(tmp_path)})
+    first = Path(worker_env(settings, "incidents-1@%h", None)["PROMETHEUS_MULTIPROC_DIR"])
+    (first / "counter_123.db").write_bytes(b"samples of the first worker")
+
+    second = Path(worker_env(settings, "incidents-2@%h", None)["PROMETHEUS_MULTIPROC_DIR"])
+
+    assert second != first and second.parent == first.parent == tmp_path / "metrics"
+    assert first.name == f"incidents-1@{socket.gethostname()}"
+    assert (first / "counter_123.db").exists()  # starting the second did not empty the first's
+    assert list(second.iterdir()) == []
 
 
 def test_a_receiver_whose_port_is_taken_says_so_and_exits_1(base_env: dict[str, str]) -> None:

@@ -116,7 +116,7 @@ def test_task_counts_add_up_across_prefork_children_that_are_killed_and_replaced
     last_success = sample(url, "ops_task_last_success_timestamp_seconds", {"task": TASK})
     assert last_success is not None and last_success > 0
     # Each child wrote its own files into the worker's own multiprocess directory.
-    files = list((Path(base_env["OPS_VAR_DIR"]) / "metrics" / "default").glob("*.db"))
+    files = list((Path(base_env["OPS_VAR_DIR"]) / "metrics" / "pf@test").glob("*.db"))
     assert len(files) >= 3
 
 

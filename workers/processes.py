@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from celery.utils.nodenames import default_nodename, host_format
+
 from workers.errors import PortInUse, UsageError
 from workers.settings import Bind
 
@@ -66,6 +68,11 @@ def worker_concurrency(queues: Sequence[str], requested: int | None) -> int:
             "(the backup lock serialises per database anyway); use -c 1, or more workers"
         )
     return 1
+
+
+def node_name(hostname: str) -> str:
+    """The Celery node name a --hostname gives (%h, %n, %d expanded), as the worker itself computes it."""
+    return str(host_format(default_nodename(hostname)))
 
 
 def beat_argv(loglevel: str) -> tuple[str, ...]:
