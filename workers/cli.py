@@ -138,7 +138,8 @@ def demo_seed(
               help="Celery node name (default: QUEUE@%h); also names the worker's metrics directory.")  # fmt: skip
 @click.option("--metrics-bind", default=None, help="HOST:PORT for /metrics (default: OPS_METRICS_BIND).")
 def worker(queues: str, concurrency: int | None, hostname: str | None, metrics_bind: str | None) -> None:
-    """Run a Celery worker consuming QUEUES (with backups among them: one process, -c 1)."""
+    """Run a Celery worker consuming QUEUES (with backups among them: one process, -c 1); migrates the state
+    database first."""
     settings = settings_or_exit()
     names = [name.strip() for name in queues.split(",") if name.strip()]
     known = QUEUE_NAMES.split(",")
@@ -150,8 +151,25 @@ def worker(queues: str, concurrency: int | None, hostname: str | None, metrics_b
     if "incidents" in names:
         load_playbooks(settings.remediation.playbooks_file)  # refuse to start on invalid playbooks (exit 2)
     hostname = hostname or f"{names[0]}@%h"
+    click.echo(f"state database at revision {migrate_state_database(settings)}", err=True)
     env = worker_env(settings, hostname, metrics_bind)
     exec_process(worker_argv(",".join(names), processes, hostname, settings.log_level), env)
+
+
+def migrate_state_database(settings: Settings) -> str | None:
+    """Apply pending state-database migrations; return the revision it is at.
+
+    Called before starting processes that use the state database, so that on a fresh var/ no two of
+    them race to create the schema (the migration lock serialises them; the first creates it).
+
+    Raises:
+        DatabaseUnavailable: the state database could not be reached or migrated.
+    """
+    engine = create_state_engine(settings.state_database_url.value)
+    try:
+        return upgrade(engine)
+    finally:
+        engine.dispose()
 
 
 def worker_env(settings: Settings, hostname: str, metrics_bind: str | None) -> dict[str, str]:
@@ -216,6 +234,8 @@ def exporter() -> None:
 def run(embedded: bool) -> None:
     """Start the receiver, both workers, beat and the exporter in one terminal; Ctrl-C stops them all."""
     settings = settings_or_exit()
+    # Before any child starts: the workers (plain `celery worker`) do not migrate on their own.
+    click.echo(f"run | state database at revision {migrate_state_database(settings)}")
     extra = Embedded()
     if embedded:
         extra = embedded_environment(settings, echo=lambda line: click.echo(f"run | {line}"))
