@@ -215,8 +215,3 @@ def supervise(specs: Sequence[ProcessSpec], out: IO[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def environ_value(name: str) -> str | None:
-    """One variable of this process's environment, for deciding embedded defaults in `run`."""
-    return os.environ.get(name)

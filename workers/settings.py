@@ -633,6 +633,16 @@ def environment() -> dict[str, str]:
     return merged
 
 
+def is_given(name: str) -> bool:
+    """Whether name is set to a value in the environment or ./.env, rather than left to its default.
+
+    Raises:
+        ConfigError: a line of ./.env cannot be parsed.
+    """
+    value = environment().get(name)
+    return value is not None and value.strip() != ""
+
+
 @functools.cache
 def get_settings() -> Settings:
     """Settings of this process, read once. Only entry points call this."""
