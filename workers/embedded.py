@@ -47,7 +47,7 @@ def _embedded_redis(settings: Settings, echo: Callable[[str], None]) -> tuple[di
     )  # fmt: skip
     echo(f"no Redis at the default address; starting an embedded one on 127.0.0.1:{port}")
     url = f"redis://127.0.0.1:{port}/0"
-    return {"OPS_BROKER_URL": url}, [ProcessSpec("redis", argv, listens=url)]
+    return {"OPS_BROKER_URL": url}, [ProcessSpec("redis", argv, listens=url, infrastructure=True)]
 
 
 def _demo_database(settings: Settings, echo: Callable[[str], None]) -> dict[str, str]:

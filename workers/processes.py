@@ -28,7 +28,7 @@ from workers.settings import Bind
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 30.0  # how long a child gets to finish after SIGTERM before SIGKILL
+STOP_GRACE_S = 30.0  # how long each stop stage gets to finish after SIGTERM before SIGKILL
 _PR_SET_PDEATHSIG = 1
 
 
@@ -38,6 +38,9 @@ class ProcessSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     listens: str | None = None
+    # Infrastructure (the embedded Redis) is stopped only once every other process has exited:
+    # a worker in warm shutdown still needs the broker to acknowledge the task it finishes.
+    infrastructure: bool = False
 
 
 def python_module_argv(*args: str) -> tuple[str, ...]:
@@ -191,18 +194,31 @@ class Supervisor:
         return 1 if died is not None else 0
 
     def stop_all(self) -> None:
+        """Stop the applications, then the infrastructure they use; then kill what is left of each group."""
+        infrastructure = {spec.name for spec in self.specs if spec.infrastructure}
+        self._stop_stage([name for name in self.procs if name not in infrastructure])
+        self._stop_stage([name for name in self.procs if name in infrastructure])
+        # A leader that exited may leave its own children behind (uvicorn workers, a pool process
+        # whose parent was killed): each child leads its own process group, so end the whole group.
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        self._emit("run", "all processes stopped")
+
+    def _stop_stage(self, names: Sequence[str]) -> None:
+        """SIGTERM names at once; SIGKILL the process group of any still running after the grace period."""
+        for name in names:
+            if self.procs[name].poll() is None:
+                self.procs[name].send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        for name, proc in self.procs.items():
+        for name in names:
+            proc = self.procs[name]
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self._emit("run", f"{name} did not stop within {STOP_GRACE_S:g}s; killing it")
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        self._emit("run", "all processes stopped")
 
 
 def supervise(specs: Sequence[ProcessSpec], out: IO[str]) -> int:
