@@ -20,7 +20,7 @@ REQUIRED_ALERTS = {
     "DockingJobFailureRateHigh",
     "HighCPUUsage", "HighMemoryUsage", "LowDiskSpace", "QueueBacklogHigh", "NoJobsProcessedRecently",
     "ContainerRestartHigh", "PersistentVolumeUsageHigh", "WorkerDown", "ReceiverDown", "BeatDown",
-    "RemediationFailing", "NotificationsFailing",
+    "RemediationFailing", "NotificationsFailing", "ExporterDown",
 }  # fmt: skip
 
 
