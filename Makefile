@@ -7,8 +7,9 @@ EXPORTER_VENV := .venv-exporter
 
 .PHONY: run test bench demo lint typecheck install exporter lock clean
 
+# A venv whose python cannot run pip (half made: ensurepip missing, or an interrupted run) is made again.
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
@@ -18,7 +19,7 @@ install: $(STAMP)
 # The celery-exporter pins old redis/prometheus-client releases: it lives in its own venv.
 # `ops-workers run` starts it when this stamp exists (workers/processes.py, celery_exporter_spec).
 $(EXPORTER_VENV)/.installed: deploy/exporter-requirements.txt
-	test -x $(EXPORTER_VENV)/bin/python || $(PYTHON) -m venv $(EXPORTER_VENV)
+	$(EXPORTER_VENV)/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(EXPORTER_VENV)
 	$(EXPORTER_VENV)/bin/python -m pip install --quiet -r deploy/exporter-requirements.txt
 	touch $@
 

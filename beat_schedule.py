@@ -33,7 +33,7 @@ def build_beat_schedule(schedule: ScheduleSettings) -> dict[str, dict[str, Any]]
         },
         "ops-check-hourly": {
             "task": "ops.check",
-            "schedule": cron("17 * * * *"),
+            "schedule": cron(schedule.ops_check),
             "options": {"queue": "default", "expires": 3000},
         },
         "incidents-reconcile": {

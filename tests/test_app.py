@@ -6,7 +6,7 @@ from celery import Celery
 
 from beat_schedule import build_beat_schedule, cron
 from workers.app import create_app
-from workers.settings import Settings, load_settings
+from workers.settings import KNOWN_VARIABLES, Settings, load_settings
 
 
 def test_app_is_configured_for_at_least_once_delivery_and_visibility() -> None:
@@ -51,3 +51,13 @@ def test_schedule_times_come_from_settings(settings: Settings) -> None:
     if full:  # present once the backup tasks exist
         assert full[0]["schedule"] == cron("15 1 * * *")
     assert cron("0 3 * * mon").day_of_week == {1}
+
+
+def test_every_beat_entry_takes_its_time_from_its_own_setting() -> None:
+    names = sorted(n for n in KNOWN_VARIABLES if n.startswith("OPS_SCHEDULE_"))
+    # A distinct time per variable: an entry with a hard-coded time, or two entries sharing one
+    # variable, leaves a time unmatched.
+    times = {name: f"{minute} 5 * * *" for minute, name in enumerate(names)}
+    schedule = build_beat_schedule(load_settings(times).schedule)
+
+    assert sorted(str(e["schedule"]) for e in schedule.values()) == sorted(str(cron(t)) for t in times.values())

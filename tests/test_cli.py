@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import subprocess_env
+from workers.cli import worker_env
+from workers.settings import load_settings
+from workers.state.db import create_state_engine, current_revision, head_revision
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -133,6 +136,56 @@ def test_a_worker_for_an_unknown_queue_is_refused(base_env: dict[str, str]) -> N
 
     assert result.returncode == 2
     assert "nosuchqueue" in result.stderr and "incidents, backups, default" in result.stderr
+
+
+def test_a_backups_worker_with_more_than_one_process_is_refused(base_env: dict[str, str]) -> None:
+    result = ops(base_env, "worker", "-Q", "default,backups", "-c", "2")
+
+    assert result.returncode == 2
+    assert "-c 2 with the backups queue" in result.stderr and "one pg_dump at a time" in result.stderr
+
+
+def test_two_workers_on_one_queue_keep_their_own_metrics_directories(tmp_path: Path) -> None:
+    settings = load_settings({"OPS_VAR_DIR": str(tmp_path)})
+    first = Path(worker_env(settings, "incidents-1@%h", None)["PROMETHEUS_MULTIPROC_DIR"])
+    (first / "counter_123.db").write_bytes(b"samples of the first worker")
+
+    second = Path(worker_env(settings, "incidents-2@%h", None)["PROMETHEUS_MULTIPROC_DIR"])
+
+    assert second != first and second.parent == first.parent == tmp_path / "metrics"
+    assert first.name == f"incidents-1@{socket.gethostname()}"
+    assert (first / "counter_123.db").exists()  # starting the second did not empty the first's
+    assert list(second.iterdir()) == []
+
+
+def test_a_worker_migrates_a_fresh_state_database_before_it_starts(base_env: dict[str, str]) -> None:
+    engine = create_state_engine(base_env["OPS_STATE_DATABASE_URL"])
+    assert current_revision(engine) is None
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "workers", "worker", "-Q", "default", "--hostname", "migrate@test"],
+        env=subprocess_env(base_env), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert worker.stderr is not None
+        # Printed before the process becomes the Celery worker (the per-test timeout bounds this).
+        said = next(line for line in worker.stderr if "state database at revision" in line)
+    finally:
+        worker.kill()
+        worker.wait(timeout=30)
+        assert worker.stderr is not None
+        worker.stderr.close()
+
+    assert said.strip() == f"state database at revision {head_revision()}"
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_a_worker_whose_state_database_is_unreachable_says_so_and_exits_1(base_env: dict[str, str]) -> None:
+    env = {**base_env, "OPS_STATE_DATABASE_URL": "postgresql://ops:pw-never-shown@127.0.0.1:1/state"}
+    result = ops(env, "worker", "-Q", "default")
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error: state database") and "Traceback" not in result.stderr
 
 
 def test_a_receiver_whose_port_is_taken_says_so_and_exits_1(base_env: dict[str, str]) -> None:

@@ -14,9 +14,11 @@ import httpx
 import psutil
 import pytest
 from celery import Celery
+from prometheus_client import Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import subprocess_env
+from workers import metrics
 from workers.embedded import free_port
 
 TASK = "ops.check"
@@ -114,5 +116,13 @@ def test_task_counts_add_up_across_prefork_children_that_are_killed_and_replaced
     last_success = sample(url, "ops_task_last_success_timestamp_seconds", {"task": TASK})
     assert last_success is not None and last_success > 0
     # Each child wrote its own files into the worker's own multiprocess directory.
-    files = list((Path(base_env["OPS_VAR_DIR"]) / "metrics" / "default").glob("*.db"))
+    files = list((Path(base_env["OPS_VAR_DIR"]) / "metrics" / "pf@test").glob("*.db"))
     assert len(files) >= 3
+
+
+def test_no_gauge_uses_a_live_multiprocess_mode() -> None:
+    # hooks._child_exited relies on this: mark_process_dead() in the exiting child is only enough
+    # (a child killed by SIGKILL leaves nothing stale behind) while no gauge is per live process.
+    gauges = [v for v in vars(metrics).values() if isinstance(v, Gauge)]
+    assert gauges
+    assert [g._name for g in gauges if g._multiprocess_mode.startswith("live")] == []

@@ -72,6 +72,9 @@ def test_run_starts_every_process_and_sigterm_leaves_none(running: Running) -> N
     names = {line.split("started ")[1].split(" ")[0] for line in running.seen if "| started " in line}
     assert {"worker-incidents", "worker-backups", "beat"} <= names
     assert len(family) >= 3
+    # Migrated by `run` before any child starts, so the workers never race the receiver to create it.
+    migrated = next(i for i, line in enumerate(running.seen) if "run | state database at revision" in line)
+    assert migrated < next(i for i, line in enumerate(running.seen) if "| started " in line)
 
     running.proc.send_signal(signal.SIGTERM)
     assert running.proc.wait(timeout=60) == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from workers.errors import ConfigError
-from workers.settings import KNOWN_VARIABLES, Secret, environment, load_settings, parse_postgres_url
+from workers.settings import KNOWN_VARIABLES, Secret, environment, is_given, load_settings, parse_postgres_url
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,6 +41,7 @@ def test_defaults_need_no_configuration() -> None:
         ("OPS_BACKUP_RETENTION_DAYS", "thirty", "OPS_BACKUP_RETENTION_DAYS: must be a whole number"),
         ("OPS_BACKUP_DUMP_TIMEOUT_S", "soon", "OPS_BACKUP_DUMP_TIMEOUT_S: must be a number of seconds"),
         ("OPS_SCHEDULE_BACKUP_FULL", "daily", "OPS_SCHEDULE_BACKUP_FULL: must be a crontab expression"),
+        ("OPS_SCHEDULE_OPS_CHECK", "hourly", "OPS_SCHEDULE_OPS_CHECK: must be a crontab expression"),
         ("OPS_RECEIVER_ALLOW_NO_AUTH", "maybe", "OPS_RECEIVER_ALLOW_NO_AUTH: must be one of 1/0"),
         ("OPS_RECEIVER_BASIC_AUTH", "justauser", "OPS_RECEIVER_BASIC_AUTH: must be USER:PASSWORD"),
         ("OPS_S3_SSE", "rot13", "OPS_S3_SSE: must be one of AES256, AWS:KMS, NONE"),
@@ -125,3 +126,18 @@ def test_an_unparseable_env_file_line_is_a_setting_error_that_never_shows_the_li
 
     assert raised.value.problems == (".env line 2: cannot be parsed (expected NAME=value)",)
     assert "secret-value-here" not in str(raised.value)
+
+
+def test_is_given_tells_a_value_from_the_environment_or_env_file_from_a_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("OPS_BROKER_URL=redis://from-env-file:6379/0\nOPS_LOG_LEVEL=\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("OPS_BROKER_URL", "OPS_LOG_LEVEL", "OPS_METRICS_BIND", "OPS_RECEIVER_BIND"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPS_RECEIVER_BIND", "127.0.0.1:8081")
+
+    assert is_given("OPS_BROKER_URL")  # .env
+    assert is_given("OPS_RECEIVER_BIND")  # environment
+    assert not is_given("OPS_LOG_LEVEL")  # empty: the default applies
+    assert not is_given("OPS_METRICS_BIND")  # nowhere

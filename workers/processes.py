@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from workers.errors import PortInUse
+from celery.utils.nodenames import default_nodename, host_format
+
+from workers.errors import PortInUse, UsageError
 from workers.settings import Bind
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 30.0  # how long a child gets to finish after SIGTERM before SIGKILL
+STOP_GRACE_S = 30.0  # how long each stop stage gets to finish after SIGTERM before SIGKILL
 _PR_SET_PDEATHSIG = 1
 
 
@@ -36,6 +38,9 @@ class ProcessSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     listens: str | None = None
+    # Infrastructure (the embedded Redis) is stopped only once every other process has exited:
+    # a worker in warm shutdown still needs the broker to acknowledge the task it finishes.
+    infrastructure: bool = False
 
 
 def python_module_argv(*args: str) -> tuple[str, ...]:
@@ -48,6 +53,29 @@ def worker_argv(queues: str, concurrency: int, hostname: str, loglevel: str) -> 
         "-Q", queues, "-c", str(concurrency), "--hostname", hostname,
         "--loglevel", loglevel, "--without-mingle", "-E",
     )  # fmt: skip
+
+
+def worker_concurrency(queues: Sequence[str], requested: int | None) -> int:
+    """The pool size of a worker on queues: 1 when it serves backups, else requested or 2.
+
+    Raises:
+        UsageError: more than one process asked for a worker that serves the backups queue.
+    """
+    if "backups" not in queues:
+        return requested or 2
+    if requested is not None and requested > 1:
+        # Each pool process would run its own pg_dump; the per-database lock would only make the
+        # extra ones wait, holding a connection and a message for the whole length of a backup.
+        raise UsageError(
+            f"-c {requested} with the backups queue: a worker runs one pg_dump at a time "
+            "(the backup lock serialises per database anyway); use -c 1, or more workers"
+        )
+    return 1
+
+
+def node_name(hostname: str) -> str:
+    """The Celery node name a --hostname gives (%h, %n, %d expanded), as the worker itself computes it."""
+    return str(host_format(default_nodename(hostname)))
 
 
 def beat_argv(loglevel: str) -> tuple[str, ...]:
@@ -166,18 +194,31 @@ class Supervisor:
         return 1 if died is not None else 0
 
     def stop_all(self) -> None:
+        """Stop the applications, then the infrastructure they use; then kill what is left of each group."""
+        infrastructure = {spec.name for spec in self.specs if spec.infrastructure}
+        self._stop_stage([name for name in self.procs if name not in infrastructure])
+        self._stop_stage([name for name in self.procs if name in infrastructure])
+        # A leader that exited may leave its own children behind (uvicorn workers, a pool process
+        # whose parent was killed): each child leads its own process group, so end the whole group.
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        self._emit("run", "all processes stopped")
+
+    def _stop_stage(self, names: Sequence[str]) -> None:
+        """SIGTERM names at once; SIGKILL the process group of any still running after the grace period."""
+        for name in names:
+            if self.procs[name].poll() is None:
+                self.procs[name].send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        for name, proc in self.procs.items():
+        for name in names:
+            proc = self.procs[name]
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self._emit("run", f"{name} did not stop within {STOP_GRACE_S:g}s; killing it")
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        self._emit("run", "all processes stopped")
 
 
 def supervise(specs: Sequence[ProcessSpec], out: IO[str]) -> int:
@@ -190,8 +231,3 @@ def supervise(specs: Sequence[ProcessSpec], out: IO[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def environ_value(name: str) -> str | None:
-    """One variable of this process's environment, for deciding embedded defaults in `run`."""
-    return os.environ.get(name)

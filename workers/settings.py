@@ -96,6 +96,7 @@ class ScheduleSettings:
     backup_verify_orgs: str
     backup_cleanup: str
     incidents_reconcile: str
+    ops_check: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +422,7 @@ def _read_schedule(r: _Reader) -> ScheduleSettings:
         backup_verify_orgs=r.cron("OPS_SCHEDULE_BACKUP_VERIFY_ORGS", "30 4 * * *"),
         backup_cleanup=r.cron("OPS_SCHEDULE_BACKUP_CLEANUP", "0 3 * * mon"),
         incidents_reconcile=r.cron("OPS_SCHEDULE_INCIDENTS_RECONCILE", "* * * * *"),
+        ops_check=r.cron("OPS_SCHEDULE_OPS_CHECK", "17 * * * *"),
     )
 
 
@@ -631,6 +633,16 @@ def environment() -> dict[str, str]:
     return merged
 
 
+def is_given(name: str) -> bool:
+    """Whether name is set to a value in the environment or ./.env, rather than left to its default.
+
+    Raises:
+        ConfigError: a line of ./.env cannot be parsed.
+    """
+    value = environment().get(name)
+    return value is not None and value.strip() != ""
+
+
 @functools.cache
 def get_settings() -> Settings:
     """Settings of this process, read once. Only entry points call this."""
@@ -659,6 +671,7 @@ KNOWN_VARIABLES = frozenset(
         "OPS_SCHEDULE_BACKUP_VERIFY_ORGS",
         "OPS_SCHEDULE_BACKUP_CLEANUP",
         "OPS_SCHEDULE_INCIDENTS_RECONCILE",
+        "OPS_SCHEDULE_OPS_CHECK",
         "OPS_BACKUP_STORE",
         "OPS_S3_SSE",
         "OPS_S3_KMS_KEY_ID",

@@ -14,7 +14,7 @@ import yaml
 
 from tests.deploy.tools import REPO
 from workers.cli import cli
-from workers.settings import KNOWN_VARIABLES
+from workers.settings import KNOWN_VARIABLES, load_settings
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
@@ -144,10 +144,17 @@ def test_exactly_one_beat_and_restart_policies_everywhere() -> None:
     assert all("restart" in s for s in SERVICES.values())
 
 
-def test_our_long_running_services_have_health_checks_or_are_watched_by_prometheus() -> None:
-    # beat and flower have no HTTP health endpoint of ours: BeatDown and the flower job watch them.
-    unchecked = {n for n, s in LONG_RUNNING_OURS.items() if "healthcheck" not in s}
-    assert unchecked <= {"beat", "flower"}, unchecked
+def test_every_long_running_service_has_a_health_check() -> None:
+    long_running = {n for n, s in SERVICES.items() if s.get("restart") != "no"}
+    assert LONG_RUNNING_OURS.keys() <= long_running
+    assert {n for n in long_running if "healthcheck" not in SERVICES[n]} == set()
+
+
+def test_the_exporter_reports_only_the_disks_it_is_told_to() -> None:
+    # Without a list it reports every real file system, which in a container includes Docker's
+    # bind-mounted /etc/hosts and /etc/resolv.conf.
+    mounts = load_settings(dict(SERVICES["exporter"]["environment"])).exporter.disk_mounts
+    assert mounts == ("/",)
 
 
 def test_the_dockerfile_is_slim_and_runs_as_a_non_root_user() -> None:

@@ -64,7 +64,7 @@ def _alembic_config() -> Config:
 
 @contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
-    """Serialise migrations across processes starting at once (receiver, workers, beat)."""
+    """Serialise migrations across processes starting at once (receiver, workers, `run`, backup maintenance)."""
     if engine.dialect.name == "sqlite":
         database = engine.url.database or ":memory:"
         lock_path = Path(database + ".migrate.lock") if database != ":memory:" else None
