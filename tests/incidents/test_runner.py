@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client import REGISTRY
@@ -20,6 +21,7 @@ commands:
   mark: ["/bin/sh", "-c", "echo run >> {mark_file}"]
   slow: ["/bin/sh", "-c", "echo slow >> {mark_file}; sleep 2"]
   fail: ["/bin/false"]
+  hold: ["/bin/sh", "-c", "while [ ! -e {release_file} ]; do sleep 0.05; done"]
 playbooks:
   - name: mark
     match: {{alertname: Mark}}
@@ -69,6 +71,15 @@ playbooks:
       - action: command.run
         params: {{command: mark}}
         on_failure: stop
+  - name: held
+    match: {{alertname: Held}}
+    target: "{{labels.instance}}"
+    cooldown: 0s
+    steps:
+      - action: http.request
+        params: {{url: "{signal_url}/started", method: POST}}
+      - action: command.run
+        params: {{command: hold}}
 """
 
 
@@ -76,7 +87,12 @@ def _settings(
     ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, **extra: str
 ) -> tuple[Settings, Path]:
     mark_file = tmp_path / "marks.txt"
-    text = PLAYBOOKS.format(mark_file=mark_file, health_url=extra.pop("health_url", "http://127.0.0.1:9"))
+    text = PLAYBOOKS.format(
+        mark_file=mark_file,
+        health_url=extra.pop("health_url", "http://127.0.0.1:9"),
+        signal_url=extra.pop("signal_url", "http://127.0.0.1:9"),
+        release_file=tmp_path / "release",
+    )
     settings = ops_env(OPS_PLAYBOOKS=str(playbook_file(text)), **extra)
     return settings, mark_file
 
@@ -91,6 +107,24 @@ def _outcomes(state_db: Engine, incident_id: int) -> list[tuple[str, str]]:
 
 def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _steps(state_db: Engine, incident_id: int) -> list[tuple[str, str]]:
+    return [o for o in _outcomes(state_db, incident_id) if not o[0].startswith("notify.")]
+
+
+@contextmanager
+def _held_run(settings: Settings, incident_id: int, tmp_path: Path) -> Iterator[dict[str, object]]:
+    """Handle the incident in a thread; its `Held` playbook waits in its second step until the block ends."""
+    report: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: report.update(handle_incident(settings, incident_id)))
+    thread.start()
+    try:
+        yield report
+    finally:
+        (tmp_path / "release").touch()
+        thread.join(timeout=30)
+    assert not thread.is_alive(), "the held run did not finish"
 
 
 def test_runs_once_per_episode_even_when_delivered_twice(
@@ -358,3 +392,28 @@ def test_default_low_disk_playbook_requests_storage_when_critical(
     assert critical_steps[-1] == ("ticket.open", "ok")
     requests = tickets.wait_for(2)
     assert any(r.body["kind"] == "request" and r.body["summary"] == "More storage needed on n2" for r in requests)
+
+
+def test_a_duplicate_delivery_gives_up_after_one_lock_ttl_and_leaves_the_live_run_alone(
+    ops_env: Callable[..., Settings],
+    playbook_file: Callable[[str], Path],
+    tmp_path: Path,
+    state_db: Engine,
+    recording_server: Callable[[], RecordingServer],
+) -> None:
+    signal = recording_server()
+    settings, _ = _settings(
+        ops_env, playbook_file, tmp_path, signal_url=signal.url,
+        OPS_REMEDIATION_LOCK_TTL_S="1", OPS_REMEDIATION_ACTION_TIMEOUT_S="10",
+    )  # fmt: skip
+    incident_id = insert_incident(state_db, "Held", labels={"instance": "h-1"})
+
+    with _held_run(settings, incident_id, tmp_path) as live:
+        assert len(signal.wait_for(1)) == 1, "the held playbook did not start"
+        duplicate = handle_incident(settings, incident_id)  # a redelivery while the first still runs
+        during = _steps(state_db, incident_id)
+
+    assert duplicate["status"] == "already_running"
+    assert during == [("http.request", "ok"), ("command.run", "running")]  # not marked interrupted
+    assert live["status"] == "completed"
+    assert _steps(state_db, incident_id) == [("http.request", "ok"), ("command.run", "ok")]

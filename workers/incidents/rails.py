@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,18 @@ return 1
 """
 _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+@dataclass(frozen=True, slots=True)
+class LockAttempt:
+    """The outcome of asking for a target's lock."""
+
+    acquired: bool
+    holder: str | None  # who holds the lock: the caller when acquired, else the other holder (None: nobody now)
+
+
+def _holder_of(token: str) -> str:
+    return token.rsplit(":", 1)[0]
 
 
 def _digest(value: str) -> str:
@@ -92,22 +105,25 @@ class Rails:
 
     # --- one incident acting on a target at a time ---
     @contextmanager
-    def target_lock(self, target: str, holder: str, wait_s: float = 0.0) -> Iterator[bool]:
-        """Hold the target's lock while the block runs, renewed meanwhile; yield False if not acquired.
+    def target_lock(self, target: str, holder: str, wait_s: float = 0.0) -> Iterator[LockAttempt]:
+        """Hold the target's lock while the block runs, renewed meanwhile; yield whether it was acquired.
 
-        A lock held by an earlier attempt of the same holder (its worker died) is waited for: it
-        expires within the lock TTL because nobody renews it any more.
+        A lock held by an earlier attempt of the same holder (its worker died) is waited for, once,
+        for one lock TTL: nobody renews it any more, so it expires by then. A live attempt keeps
+        renewing it, and the wait ends unacquired instead of lasting as long as that attempt.
         """
         key = f"{PREFIX}:lock:{_digest(target)}"
         token = f"{holder}:{uuid.uuid4().hex}"
         deadline = time.monotonic() + wait_s
+        waited_for_own = False
         while not self._call("set", key, token, nx=True, px=self.lock_ttl_ms):
             current = self._call("get", key)
-            same_holder = current is not None and current.decode().startswith(f"{holder}:")
-            if same_holder:
+            held_by = None if current is None else _holder_of(current.decode())
+            if held_by == holder and not waited_for_own:
+                waited_for_own = True
                 deadline = max(deadline, time.monotonic() + self.lock_ttl_ms / 1000 + 1)
             if time.monotonic() >= deadline:
-                yield False
+                yield LockAttempt(False, held_by)
                 return
             time.sleep(_LOCK_POLL_S)
         stop = threading.Event()
@@ -122,7 +138,7 @@ class Rails:
         renewer = threading.Thread(target=renew, name="target-lock-renewal", daemon=True)
         renewer.start()
         try:
-            yield True
+            yield LockAttempt(True, holder)
         finally:
             stop.set()
             renewer.join()

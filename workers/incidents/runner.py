@@ -230,18 +230,19 @@ def run_playbook(incident: Incident, playbook: Playbook, catalog: Catalog, edges
     claim = edges.trail.claim_run(incident.id, playbook.name, target, now)
     if claim.status != RUNNING:
         return RunReport(incident.id, playbook.name, f"already_{claim.status}")
-    if claim.resumed:
-        edges.trail.mark_interrupted(incident.id, now)
     dry_run = edges.settings.remediation.dry_run or playbook.dry_run
     run = _Run(incident, playbook, catalog, edges, dry_run)
     with log_context(incident_id=incident.id, playbook=playbook.name):
         if not claim.resumed:
             metrics.INCIDENTS.labels(alertname=incident.alertname, severity=incident.severity).inc()
-        with edges.rails.target_lock(target, f"incident:{incident.id}") as locked:
-            if not locked and claim.resumed:
+        with edges.rails.target_lock(target, f"incident:{incident.id}") as lock:
+            if not lock.acquired and claim.resumed:
                 # Another live delivery of this same incident holds the lock and runs it.
                 return RunReport(incident.id, playbook.name, "already_running")
-            reason = "skipped_locked" if not locked else _gate(run, target, claim.resumed)
+            if claim.resumed:
+                # Only with the lock held is the earlier attempt known to be dead: a live one keeps it.
+                edges.trail.mark_interrupted(incident.id, edges.clock())
+            reason = "skipped_locked" if not lock.acquired else _gate(run, target, claim.resumed)
             if reason is not None:
                 run.skip_all(reason, {"target": target})
                 status = reason
