@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import REGISTRY
@@ -13,7 +14,7 @@ from sqlalchemy import Engine
 from tests.incidents.conftest import RecordingServer, insert_incident, minutes_ago, set_alert_status
 from workers.incidents.audit import AuditTrail
 from workers.incidents.lifecycle import load_incident
-from workers.incidents.operations import handle_incident, pause_remediation, resume_remediation
+from workers.incidents.operations import handle_incident, pause_remediation, rails_of, resume_remediation
 from workers.settings import Settings
 
 PLAYBOOKS = """
@@ -417,3 +418,30 @@ def test_a_duplicate_delivery_gives_up_after_one_lock_ttl_and_leaves_the_live_ru
     assert during == [("http.request", "ok"), ("command.run", "running")]  # not marked interrupted
     assert live["status"] == "completed"
     assert _steps(state_db, incident_id) == [("http.request", "ok"), ("command.run", "ok")]
+
+
+def test_resumed_run_finding_another_incident_on_its_target_is_skipped_locked_and_notified(
+    ops_env: Callable[..., Settings],
+    playbook_file: Callable[[str], Path],
+    tmp_path: Path,
+    state_db: Engine,
+    recording_server: Callable[[], RecordingServer],
+) -> None:
+    tickets = recording_server()
+    settings, marks = _settings(ops_env, playbook_file, tmp_path, OPS_TICKET_WEBHOOK_URL=f"{tickets.url}/tickets")
+    incident_id = insert_incident(state_db, "Mark", labels={"instance": "db-1"})
+    # A first attempt claimed the run and started its step, then its worker died.
+    trail, started = AuditTrail(state_db), datetime.now(UTC)
+    trail.claim_run(incident_id, "mark", "db-1", started)
+    trail.start(incident_id, 0, "command.run", {"command": "mark"}, started)
+
+    with rails_of(settings).target_lock("db-1", "incident:another") as other:
+        assert other.acquired
+        report = handle_incident(settings, incident_id)
+
+    assert report["status"] == "skipped_locked"
+    assert trail.run_status(incident_id) == "skipped_locked"
+    assert _steps(state_db, incident_id) == [("command.run", "interrupted"), ("command.run", "skipped_locked")]
+    assert _marks(marks) == 0
+    [ticket] = tickets.wait_for(1)
+    assert ticket.body["incident_id"] == incident_id and ticket.body["details"]["status"] == "skipped_locked"

@@ -39,7 +39,7 @@ class LockAttempt:
     """The outcome of asking for a target's lock."""
 
     acquired: bool
-    holder: str | None  # who holds the lock: the caller when acquired, else the other holder (None: nobody now)
+    holder: str  # who holds the lock: the caller when acquired, else the holder that kept it
 
 
 def _holder_of(token: str) -> str:
@@ -118,7 +118,9 @@ class Rails:
         waited_for_own = False
         while not self._call("set", key, token, nx=True, px=self.lock_ttl_ms):
             current = self._call("get", key)
-            held_by = None if current is None else _holder_of(current.decode())
+            if current is None:
+                continue  # released or expired since the SET: try again at once
+            held_by = _holder_of(current.decode())
             if held_by == holder and not waited_for_own:
                 waited_for_own = True
                 deadline = max(deadline, time.monotonic() + self.lock_ttl_ms / 1000 + 1)

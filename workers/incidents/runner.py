@@ -235,12 +235,13 @@ def run_playbook(incident: Incident, playbook: Playbook, catalog: Catalog, edges
     with log_context(incident_id=incident.id, playbook=playbook.name):
         if not claim.resumed:
             metrics.INCIDENTS.labels(alertname=incident.alertname, severity=incident.severity).inc()
-        with edges.rails.target_lock(target, f"incident:{incident.id}") as lock:
-            if not lock.acquired and claim.resumed:
+        holder = f"incident:{incident.id}"
+        with edges.rails.target_lock(target, holder) as lock:
+            if not lock.acquired and lock.holder == holder:
                 # Another live delivery of this same incident holds the lock and runs it.
                 return RunReport(incident.id, playbook.name, "already_running")
             if claim.resumed:
-                # Only with the lock held is the earlier attempt known to be dead: a live one keeps it.
+                # The earlier attempt is dead: a live one would hold the lock, and that case returned above.
                 edges.trail.mark_interrupted(incident.id, edges.clock())
             reason = "skipped_locked" if not lock.acquired else _gate(run, target, claim.resumed)
             if reason is not None:
