@@ -445,3 +445,19 @@ def test_resumed_run_finding_another_incident_on_its_target_is_skipped_locked_an
     assert _marks(marks) == 0
     [ticket] = tickets.wait_for(1)
     assert ticket.body["incident_id"] == incident_id and ticket.body["details"]["status"] == "skipped_locked"
+
+
+def test_dry_run_claims_neither_cooldown_nor_budget(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
+) -> None:
+    dry, _ = _settings(ops_env, playbook_file, tmp_path, OPS_REMEDIATION_DRY_RUN="true")
+    rehearsed = [insert_incident(state_db, "Mark", labels={"instance": "db-1"}, fingerprint="d0")]
+    rehearsed += [insert_incident(state_db, "Budgeted", labels={"instance": "b"}, fingerprint=f"d{i}") for i in (1, 2)]
+    assert [handle_incident(dry, i)["status"] for i in rehearsed] == ["dry_run"] * 3
+    assert rails_of(dry).cooldown_left_s("mark", "db-1") == 0
+
+    real, marks = _settings(ops_env, playbook_file, tmp_path)
+    acting = [insert_incident(state_db, "Mark", labels={"instance": "db-1"}, fingerprint="r0")]
+    acting += [insert_incident(state_db, "Budgeted", labels={"instance": "b"}, fingerprint=f"r{i}") for i in (1, 2)]
+    assert [handle_incident(real, i)["status"] for i in acting] == ["completed"] * 3
+    assert _marks(marks) == 3

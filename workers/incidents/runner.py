@@ -199,7 +199,7 @@ class _Run:
 
 
 def _gate(run: _Run, target: str, claim_resumed: bool) -> str | None:
-    """Why this run must not act (skipped_<reason>), or None; claims cooldown and budget when it may."""
+    """Why this run must not act (skipped_<reason>), or None; claims cooldown and budget when it may act for real."""
     edges, playbook, incident = run.edges, run.playbook, run.incident
     rails, rem = edges.rails, edges.settings.remediation
     if rails.paused() is not None:
@@ -210,6 +210,9 @@ def _gate(run: _Run, target: str, claim_resumed: bool) -> str | None:
         )
         if episodes > rem.flap_threshold:
             return "skipped_flapping"
+    if run.dry_run:
+        # A dry run acts on nothing: claiming would hold off real remediation of the target.
+        return None
     holder = f"incident:{incident.id}"
     cooldown_s = playbook.cooldown_s if playbook.cooldown_s is not None else rem.cooldown_s
     if not rails.claim_cooldown(playbook.name, target, holder, cooldown_s):
