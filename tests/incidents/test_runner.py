@@ -461,3 +461,21 @@ def test_dry_run_claims_neither_cooldown_nor_budget(
     acting += [insert_incident(state_db, "Budgeted", labels={"instance": "b"}, fingerprint=f"r{i}") for i in (1, 2)]
     assert [handle_incident(real, i)["status"] for i in acting] == ["completed"] * 3
     assert _marks(marks) == 3
+
+
+def test_resumed_run_that_is_paused_records_skips_only_for_the_steps_not_done(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
+) -> None:
+    settings, _ = _settings(ops_env, playbook_file, tmp_path)
+    incident_id = insert_incident(state_db, "Held", labels={"instance": "h-2"})
+    # A first attempt finished step 0, then its worker died; remediation was paused since.
+    trail, started = AuditTrail(state_db), datetime.now(UTC)
+    trail.claim_run(incident_id, "held", "h-2", started)
+    trail.record(incident_id, 0, "http.request", {}, "ok", started)
+    pause_remediation(settings, "alice", "incident review")
+
+    report = handle_incident(settings, incident_id)
+
+    assert report["status"] == "skipped_paused"
+    assert report["steps"] == [["command.run", "skipped_paused"]]
+    assert _steps(state_db, incident_id) == [("http.request", "ok"), ("command.run", "skipped_paused")]

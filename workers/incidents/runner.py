@@ -94,14 +94,13 @@ class _Run:
         self.first_action_seen = False
 
     def skip_all(self, outcome: str, detail: Mapping[str, object]) -> None:
-        """Record every step as skipped with the gate's reason."""
+        """Record every step not finished by an earlier attempt as skipped with the gate's reason."""
         now = self.edges.clock()
-        rows = [
-            FinishedRow(self.incident.id, index, step.action, step.params, outcome, now, detail)
-            for index, step in enumerate(self.playbook.steps)
-        ]
+        finished = self.edges.trail.finished_steps(self.incident.id)
+        skipped = [(i, step) for i, step in enumerate(self.playbook.steps) if i not in finished]
+        rows = [FinishedRow(self.incident.id, i, step.action, step.params, outcome, now, detail) for i, step in skipped]
         self.edges.trail.record_many(rows)
-        for step in self.playbook.steps:
+        for _, step in skipped:
             _record_metric(step.action, outcome)
             self.ran.append((step.action, outcome))
 
