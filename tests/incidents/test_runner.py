@@ -5,16 +5,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
 from tests.incidents.conftest import RecordingServer, insert_incident, minutes_ago, set_alert_status
+from workers.incidents.alerts import parse_notification
 from workers.incidents.audit import AuditTrail
 from workers.incidents.lifecycle import load_incident
 from workers.incidents.operations import handle_incident, pause_remediation, rails_of, resume_remediation
+from workers.incidents.records import record_alerts
 from workers.settings import Settings
 
 PLAYBOOKS = """
@@ -479,3 +481,28 @@ def test_resumed_run_that_is_paused_records_skips_only_for_the_steps_not_done(
     assert report["status"] == "skipped_paused"
     assert report["steps"] == [["command.run", "skipped_paused"]]
     assert _steps(state_db, incident_id) == [("http.request", "ok"), ("command.run", "skipped_paused")]
+
+
+def test_critical_episode_first_seen_resolved_gets_no_post_mortem(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path, state_db: Engine
+) -> None:
+    settings, marks = _settings(ops_env, playbook_file, tmp_path)
+    now = datetime.now(UTC)
+    alert = {
+        "status": "resolved",
+        "labels": {"alertname": "Mark", "severity": "critical", "instance": "db-3"},
+        "annotations": {"summary": "fired and resolved while the receiver was away"},
+        "startsAt": (now - timedelta(minutes=10)).isoformat(),
+        "endsAt": (now - timedelta(minutes=1)).isoformat(),
+        "fingerprint": "only-resolved",
+    }
+    notification = parse_notification({"version": "4", "status": "resolved", "receiver": "ops", "alerts": [alert]}, now)
+    with state_db.begin() as conn:
+        [recorded] = record_alerts(conn, notification.alerts, request_id=None, at=now).transitions
+
+    report = handle_incident(settings, recorded.incident_id)
+
+    assert report["status"] == "resolved"
+    incident = load_incident(state_db, recorded.incident_id)
+    assert incident.status == "resolved" and incident.postmortem is None
+    assert _outcomes(state_db, recorded.incident_id) == [] and _marks(marks) == 0

@@ -25,7 +25,7 @@ from workers.incidents.lifecycle import (
 )
 from workers.incidents.notify import build_channels
 from workers.incidents.playbooks import Catalog, load_playbooks
-from workers.incidents.postmortem import draft_postmortem
+from workers.incidents.postmortem import draft_postmortem, seen_firing
 from workers.incidents.rails import Rails
 from workers.incidents.runner import Edges, RunReport, run_playbook, send_notifications
 from workers.settings import Settings
@@ -85,12 +85,14 @@ def _refresh_active_gauge(engine: Engine) -> None:
 
 
 def close_incident(incident: Incident, catalog: Catalog, edges: Edges) -> RunReport:
-    """Resolve the incident (never remediate): resolve notifications, a post-mortem draft when critical."""
+    """Resolve the incident (never remediate): resolve notifications; a post-mortem when critical and seen firing."""
     resolved, changed = mark_resolved(edges.trail.engine, incident.id, edges.clock())
     playbook = catalog.playbook_for(resolved.labels)
     notified = send_notifications(resolved, catalog, playbook, edges, "resolve", {"status": "resolved"})
     if resolved.severity == "critical" and (changed or resolved.postmortem is None):
-        store_postmortem(edges.trail.engine, resolved.id, draft_postmortem(resolved, edges.trail.records(resolved.id)))
+        records = edges.trail.records(resolved.id)
+        if seen_firing(resolved, records):
+            store_postmortem(edges.trail.engine, resolved.id, draft_postmortem(resolved, records))
     _refresh_active_gauge(edges.trail.engine)
     return RunReport(incident.id, playbook.name if playbook else None, "resolved", (), tuple(notified))
 

@@ -28,6 +28,15 @@ def _result(record: ActionRecord) -> object:
     return (record.detail or {}).get("summary") or record.error or ""
 
 
+def seen_firing(incident: Incident, records: Sequence[ActionRecord]) -> bool:
+    """Whether the episode was known here while it fired: something was done for it, or it was recorded firing.
+
+    An episode whose first notification already said resolved (the receiver never saw it fire) is
+    recorded resolved on arrival, resolved_at equal to received_at, with nothing in its audit trail.
+    """
+    return bool(records) or incident.resolved_at is None or incident.resolved_at > incident.received_at
+
+
 def draft_postmortem(incident: Incident, records: Sequence[ActionRecord]) -> str:
     """A markdown draft for humans to complete; every fact comes from the incident and its audit trail."""
     actions = [r for r in records if not r.action.startswith("notify.")]
