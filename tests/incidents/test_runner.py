@@ -288,9 +288,13 @@ def test_failing_post_check_escalates(
     report = handle_incident(settings, incident_id)
 
     assert report["status"] == "escalated"
-    assert _outcomes(state_db, incident_id)[:2] == [("command.run", "ok"), ("http.check", "failed")]
+    assert _steps(state_db, incident_id) == [("command.run", "ok"), ("http.check", "failed")]
     [page] = pagerduty.wait_for(1)
     assert page.body["event_action"] == "trigger"
+    # A warning routes to the ticket only, but the escalation paged: its resolve goes to PagerDuty too.
+    set_alert_status(state_db, incident_id, "resolved")
+    assert handle_incident(settings, incident_id)["status"] == "resolved"
+    assert [p.body["event_action"] for p in pagerduty.wait_for(2)] == ["trigger", "resolve"]
 
 
 def test_on_failure_continue_and_stop(
@@ -445,8 +449,9 @@ def test_resumed_run_finding_another_incident_on_its_target_is_skipped_locked_an
     assert trail.run_status(incident_id) == "skipped_locked"
     assert _steps(state_db, incident_id) == [("command.run", "interrupted"), ("command.run", "skipped_locked")]
     assert _marks(marks) == 0
-    [ticket] = tickets.wait_for(1)
-    assert ticket.body["incident_id"] == incident_id and ticket.body["details"]["status"] == "skipped_locked"
+    trigger, update = tickets.wait_for(2)
+    assert (trigger.body["kind"], update.body["kind"]) == ("trigger", "update")
+    assert update.body["incident_id"] == incident_id and update.body["details"]["status"] == "skipped_locked"
 
 
 def test_dry_run_claims_neither_cooldown_nor_budget(
@@ -506,3 +511,76 @@ def test_critical_episode_first_seen_resolved_gets_no_post_mortem(
     incident = load_incident(state_db, recorded.incident_id)
     assert incident.status == "resolved" and incident.postmortem is None
     assert _outcomes(state_db, recorded.incident_id) == [] and _marks(marks) == 0
+
+
+def _paging(ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], tmp_path: Path,
+            pagerduty: RecordingServer, signal: RecordingServer) -> Settings:  # fmt: skip
+    settings, _ = _settings(
+        ops_env, playbook_file, tmp_path, signal_url=signal.url,
+        OPS_PAGERDUTY_ROUTING_KEY="rk-test", OPS_PAGERDUTY_URL=f"{pagerduty.url}/v2/enqueue",
+    )  # fmt: skip
+    return settings
+
+
+def _events(pagerduty: RecordingServer) -> list[tuple[str, str]]:
+    return [(r.body["event_action"], r.body["dedup_key"]) for r in pagerduty.requests if r.path == "/v2/enqueue"]
+
+
+def test_the_page_goes_out_before_the_first_action_starts(
+    ops_env: Callable[..., Settings],
+    playbook_file: Callable[[str], Path],
+    tmp_path: Path,
+    state_db: Engine,
+    recording_server: Callable[[], RecordingServer],
+) -> None:
+    shared = recording_server()  # PagerDuty and the playbook's first action post to one server: one order
+    settings = _paging(ops_env, playbook_file, tmp_path, shared, shared)
+    incident_id = insert_incident(state_db, "Held", severity="critical", labels={"instance": "p-1"}, fingerprint="pg1")
+
+    with _held_run(settings, incident_id, tmp_path) as report:
+        arrived = shared.wait_for(2)
+        assert [r.path for r in arrived] == ["/v2/enqueue", "/started"]
+
+    assert report["status"] == "completed"
+    assert _events(shared) == [("trigger", "pg1")]  # the outcome goes to the other channels, not another page
+
+
+def test_a_resolve_handled_while_the_playbook_runs_pairs_with_its_trigger(
+    ops_env: Callable[..., Settings],
+    playbook_file: Callable[[str], Path],
+    tmp_path: Path,
+    state_db: Engine,
+    recording_server: Callable[[], RecordingServer],
+) -> None:
+    pagerduty, signal = recording_server(), recording_server()
+    settings = _paging(ops_env, playbook_file, tmp_path, pagerduty, signal)
+    incident_id = insert_incident(state_db, "Held", severity="critical", labels={"instance": "p-2"}, fingerprint="pg2")
+
+    with _held_run(settings, incident_id, tmp_path) as report:
+        assert len(signal.wait_for(1)) == 1, "the held playbook did not start"
+        set_alert_status(state_db, incident_id, "resolved")
+        assert handle_incident(settings, incident_id)["status"] == "resolved"  # the resolve task, meanwhile
+
+    assert report["status"] == "completed"
+    assert _events(pagerduty) == [("trigger", "pg2"), ("resolve", "pg2")]  # nothing re-opens it afterwards
+
+
+def test_an_episode_resolved_during_its_playbook_is_resolved_by_the_run(
+    ops_env: Callable[..., Settings],
+    playbook_file: Callable[[str], Path],
+    tmp_path: Path,
+    state_db: Engine,
+    recording_server: Callable[[], RecordingServer],
+) -> None:
+    pagerduty, signal = recording_server(), recording_server()
+    settings = _paging(ops_env, playbook_file, tmp_path, pagerduty, signal)
+    incident_id = insert_incident(state_db, "Held", severity="critical", labels={"instance": "p-3"}, fingerprint="pg3")
+
+    with _held_run(settings, incident_id, tmp_path) as report:
+        assert len(signal.wait_for(1)) == 1, "the held playbook did not start"
+        set_alert_status(state_db, incident_id, "resolved")  # recorded; its task not run yet
+
+    assert report["status"] == "completed"
+    assert _events(pagerduty) == [("trigger", "pg3"), ("resolve", "pg3")]
+    assert handle_incident(settings, incident_id)["status"] == "resolved"  # the resolve task, late: sends no more
+    assert _events(pagerduty) == [("trigger", "pg3"), ("resolve", "pg3")]

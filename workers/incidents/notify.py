@@ -32,7 +32,7 @@ _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 class Notification:
     """What happened to one incident, for every channel."""
 
-    kind: str  # trigger | resolve | escalate | request
+    kind: str  # trigger | update | resolve | escalate | request
     incident_id: int
     fingerprint: str  # PagerDuty dedup_key: trigger and resolve of one episode pair on it
     alertname: str
@@ -42,7 +42,8 @@ class Notification:
 
     @property
     def title(self) -> str:
-        word = {"trigger": "FIRING", "resolve": "RESOLVED", "escalate": "ESCALATED", "request": "REQUEST"}[self.kind]
+        word = {"trigger": "FIRING", "update": "UPDATE", "resolve": "RESOLVED", "escalate": "ESCALATED",
+                "request": "REQUEST"}[self.kind]  # fmt: skip
         return f"[{word}] {self.alertname} ({self.severity}) incident {self.incident_id}: {self.summary}"
 
 

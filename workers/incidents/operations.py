@@ -27,7 +27,16 @@ from workers.incidents.notify import build_channels
 from workers.incidents.playbooks import Catalog, load_playbooks
 from workers.incidents.postmortem import draft_postmortem, seen_firing
 from workers.incidents.rails import Rails
-from workers.incidents.runner import Edges, RunReport, run_playbook, send_notifications
+from workers.incidents.runner import (
+    RESOLVE,
+    TRIGGER,
+    Edges,
+    RunReport,
+    is_closed,
+    notify_unless_resolved,
+    run_playbook,
+    send_notifications,
+)
 from workers.settings import Settings
 from workers.state.db import create_state_engine
 
@@ -88,7 +97,7 @@ def close_incident(incident: Incident, catalog: Catalog, edges: Edges) -> RunRep
     """Resolve the incident (never remediate): resolve notifications; a post-mortem when critical and seen firing."""
     resolved, changed = mark_resolved(edges.trail.engine, incident.id, edges.clock())
     playbook = catalog.playbook_for(resolved.labels)
-    notified = send_notifications(resolved, catalog, playbook, edges, "resolve", {"status": "resolved"})
+    notified = send_notifications(resolved, catalog, playbook, edges, RESOLVE, {"status": "resolved"})
     if resolved.severity == "critical" and (changed or resolved.postmortem is None):
         records = edges.trail.records(resolved.id)
         if seen_firing(resolved, records):
@@ -108,13 +117,13 @@ def handle_incident(settings: Settings, incident_id: int, celery_app: Celery | N
     catalog = catalog_of(settings)
     edges = build_edges(settings, celery_app)
     incident = load_incident(edges.trail.engine, incident_id)
-    if not incident.is_firing or incident.status == "resolved":
+    if is_closed(incident):
         return close_incident(incident, catalog, edges).to_json()
     playbook = catalog.playbook_for(incident.labels)
     if playbook is None:
         if not edges.trail.records(incident.id):
             metrics.INCIDENTS.labels(alertname=incident.alertname, severity=incident.severity).inc()
-        notified = send_notifications(incident, catalog, None, edges, "trigger", {"playbook": "none"})
+        notified = notify_unless_resolved(incident, catalog, None, edges, TRIGGER, {"playbook": "none"})
         report = RunReport(incident.id, None, "no_playbook", (), tuple(notified))
     else:
         report = run_playbook(incident, playbook, catalog, edges)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -13,8 +13,8 @@ from workers import metrics
 from workers.errors import WorkersError
 from workers.incidents.actions.base import ActionContext, ActionResult, ArchiveStore, ParamValue
 from workers.incidents.actions.registry import ACTIONS
-from workers.incidents.audit import RUNNING, AuditTrail, FinishedRow
-from workers.incidents.lifecycle import Incident, recent_episodes
+from workers.incidents.audit import RUNNING, ActionRecord, AuditTrail, FinishedRow
+from workers.incidents.lifecycle import Incident, load_incident, recent_episodes
 from workers.incidents.notify import Notification, Notifier, notify_all
 from workers.incidents.playbooks import Catalog, OnFailure, Playbook, Step, matches
 from workers.incidents.rails import Rails
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"
 SKIPPED_CONDITION = "skipped_condition"
+# Notification kinds: the page (or ticket, or log line) before the steps, the outcome or escalation after them.
+TRIGGER, UPDATE, ESCALATE, RESOLVE = "trigger", "update", "escalate", "resolve"
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +225,11 @@ def _gate(run: _Run, target: str, claim_resumed: bool) -> str | None:
 
 
 def run_playbook(incident: Incident, playbook: Playbook, catalog: Catalog, edges: Edges) -> RunReport:
-    """Run playbook for a firing incident once per episode, resuming an interrupted run; notify at the end."""
+    """Run playbook for a firing incident once per episode, resuming an interrupted run.
+
+    The severity-routed notification (page, ticket, log) goes out before any step, the outcome or
+    escalation after the last one.
+    """
     now = edges.clock()
     try:
         target = render("target", playbook.target, incident.labels, catalog.variables)
@@ -237,11 +243,16 @@ def run_playbook(incident: Incident, playbook: Playbook, catalog: Catalog, edges
     with log_context(incident_id=incident.id, playbook=playbook.name):
         if not claim.resumed:
             metrics.INCIDENTS.labels(alertname=incident.alertname, severity=incident.severity).inc()
+        # Before the steps: the on-call is paged without waiting for them, and a resolve handled
+        # while they run finds the trigger it pairs with.
+        notified = send_notifications(
+            incident, catalog, playbook, edges, TRIGGER, {"playbook": playbook.name, "target": target}
+        )
         holder = f"incident:{incident.id}"
         with edges.rails.target_lock(target, holder) as lock:
             if not lock.acquired and lock.holder == holder:
                 # Another live delivery of this same incident holds the lock and runs it.
-                return RunReport(incident.id, playbook.name, "already_running")
+                return RunReport(incident.id, playbook.name, "already_running", (), tuple(notified))
             if claim.resumed:
                 # The earlier attempt is dead: a live one would hold the lock, and that case returned above.
                 edges.trail.mark_interrupted(incident.id, edges.clock())
@@ -254,16 +265,79 @@ def run_playbook(incident: Incident, playbook: Playbook, catalog: Catalog, edges
         edges.trail.finish_run(incident.id, status, edges.clock())
         metrics.PLAYBOOK_RUNS.labels(playbook=playbook.name, outcome=status).inc()
         log.info("playbook finished", extra={"status": status, "attempt": claim.attempts})
-        kind = "escalate" if status in ("escalated", "skipped_flapping") else "trigger"
-        notified = send_notifications(
-            incident,
-            catalog,
-            playbook,
-            edges,
-            kind,
-            {"playbook": playbook.name, "status": status, "target": target},
-        )
+        kind = ESCALATE if status in ("escalated", "skipped_flapping") else UPDATE
+        details = {"playbook": playbook.name, "status": status, "target": target}
+        notified += notify_unless_resolved(incident, catalog, playbook, edges, kind, details)
     return RunReport(incident.id, playbook.name, status, tuple(run.ran), tuple(notified))
+
+
+def is_closed(incident: Incident) -> bool:
+    """The alert resolved, or someone resolved the incident by hand: nothing more to page about."""
+    return not incident.is_firing or incident.status == "resolved"
+
+
+def _deliveries(records: Sequence[ActionRecord]) -> list[tuple[str, str]]:
+    """(channel, kind) of every notification that went out, oldest first. Pure."""
+    return [
+        (r.action[len("notify.") :], str(r.params.get("kind")))
+        for r in records
+        if r.action.startswith("notify.") and r.outcome == "ok"
+    ]
+
+
+def open_channels(records: Sequence[ActionRecord]) -> set[str]:
+    """Channels told of the incident (trigger or escalation) and not of a resolve since. Pure."""
+    told: set[str] = set()
+    for channel, kind in _deliveries(records):
+        if kind in (TRIGGER, ESCALATE):
+            told.add(channel)
+        elif kind == RESOLVE:
+            told.discard(channel)
+    return told
+
+
+def notify_unless_resolved(
+    incident: Incident,
+    catalog: Catalog,
+    playbook: Playbook | None,
+    edges: Edges,
+    kind: str,
+    details: Mapping[str, object],
+) -> list[tuple[str, str]]:
+    """Send kind unless the incident closed meanwhile; when it closed, send the resolve its channels still need.
+
+    The resolve task may run while a playbook does, and resolves only what had been sent by then:
+    what went out since (or was about to) would stay open in PagerDuty without this.
+    """
+    current = load_incident(edges.trail.engine, incident.id)
+    notified: list[tuple[str, str]] = []
+    if not is_closed(current):
+        notified = send_notifications(current, catalog, playbook, edges, kind, details)
+        if kind not in (TRIGGER, ESCALATE) or all(outcome != "ok" for _, outcome in notified):
+            return notified
+        current = load_incident(edges.trail.engine, incident.id)  # it may have resolved while this went out
+        if not is_closed(current):
+            return notified
+    return notified + send_notifications(current, catalog, playbook, edges, RESOLVE, {"status": "resolved"})
+
+
+def _channels(
+    incident: Incident, catalog: Catalog, playbook: Playbook | None, kind: str, records: Sequence[ActionRecord]
+) -> list[str]:
+    """Who gets a notification of kind: severity routing plus the playbook's channels, less those already told."""
+    routed = catalog.channels_for(incident.severity, playbook)
+    if kind == RESOLVE:
+        # Whoever was told it fired, including PagerDuty paged by the escalation of a warning.
+        told = open_channels(records)
+        return [c for c in routed if c in told] + sorted(told - set(routed))
+    wanted = list(routed)
+    if kind == ESCALATE and "pagerduty" not in wanted:
+        wanted.insert(0, "pagerduty")
+    if kind == UPDATE:
+        # PagerDuty has paged already, and any event but a resolve is another trigger there.
+        wanted = [c for c in wanted if c != "pagerduty"]
+    sent = set(_deliveries(records))
+    return [c for c in wanted if (c, kind) not in sent]
 
 
 def send_notifications(
@@ -275,13 +349,7 @@ def send_notifications(
     details: Mapping[str, object],
 ) -> list[tuple[str, str]]:
     """Notify the incident's channels (routing + playbook), recording every send; skip those already sent."""
-    wanted = list(catalog.channels_for(incident.severity, playbook))
-    if kind == "escalate" and "pagerduty" not in wanted:
-        wanted.insert(0, "pagerduty")
-    sent = edges.trail.sent(incident.id)
-    if kind == "resolve":
-        wanted = [c for c in wanted if (c, "trigger") in sent or (c, "escalate") in sent]
-    wanted = [c for c in wanted if (c, kind) not in sent]
+    wanted = _channels(incident, catalog, playbook, kind, edges.trail.records(incident.id))
     note = Notification(
         kind,
         incident.id,
