@@ -140,6 +140,12 @@ ALERT_TO_ACTION = Histogram(
     "Time from the receiver accepting an alert to the first remediation action starting, in seconds.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf")),
 )
+PLAYBOOKS_VALID = Gauge(
+    "ops_playbooks_valid",
+    "1 when the playbooks file last read by an incidents worker is valid; 0 while an invalid version is ignored "
+    "(the last valid one stays in use, or, if none was read, alerts are routed without remediation).",
+    multiprocess_mode="mostrecent",
+)
 REMEDIATION_PAUSED = Gauge(
     "ops_remediation_paused",
     "1 while remediation is paused globally (ops-workers remediation pause), else 0.",

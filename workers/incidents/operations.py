@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -24,6 +25,7 @@ from workers.incidents.lifecycle import (
     store_postmortem,
 )
 from workers.incidents.notify import build_channels
+from workers.incidents.playbook_source import LOGGED_PROBLEMS, PlaybookSource
 from workers.incidents.playbooks import Catalog, load_playbooks
 from workers.incidents.postmortem import draft_postmortem, seen_firing
 from workers.incidents.rails import Rails
@@ -65,9 +67,19 @@ def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
 
 
+@functools.cache
+def _playbook_source(path: Path | None) -> PlaybookSource:
+    """One per playbooks file in this process: it keeps the last valid version it read."""
+    return PlaybookSource(path)
+
+
 def catalog_of(settings: Settings) -> Catalog:
-    """The validated playbooks (OPS_PLAYBOOKS or the bundled default). Raises ConfigError."""
-    return load_playbooks(settings.remediation.playbooks_file)
+    """The playbooks to act on (OPS_PLAYBOOKS or the bundled default); never raises for an invalid file.
+
+    An invalid edit is logged and counted, and the last valid version read stays in use; with none,
+    a routing-only catalog (no playbooks) lets alerts still be routed and notified.
+    """
+    return _playbook_source(settings.remediation.playbooks_file).current()
 
 
 def rails_of(settings: Settings) -> Rails:
@@ -106,12 +118,26 @@ def close_incident(incident: Incident, catalog: Catalog, edges: Edges) -> RunRep
     return RunReport(incident.id, playbook.name if playbook else None, "resolved", (), tuple(notified))
 
 
+def _route_without_playbook(incident: Incident, catalog: Catalog, edges: Edges) -> RunReport:
+    """Route and notify by severity only: no playbook matches, or no valid playbooks file was ever read."""
+    status = "skipped_invalid_playbooks" if catalog.problems else "no_playbook"
+    if not edges.trail.records(incident.id):  # the first delivery of this episode
+        metrics.INCIDENTS.labels(alertname=incident.alertname, severity=incident.severity).inc()
+        if catalog.problems:
+            edges.trail.record(
+                incident.id, None, "remediation", {"playbooks": catalog.source}, status, edges.clock(),
+                {"problems": list(catalog.problems[:LOGGED_PROBLEMS])},
+                "the playbooks file is invalid and no valid version was read: routed by severity, nothing remediated",
+            )  # fmt: skip
+    notified = notify_unless_resolved(incident, catalog, None, edges, TRIGGER, {"playbook": "none"})
+    return RunReport(incident.id, None, status, (), tuple(notified))
+
+
 def handle_incident(settings: Settings, incident_id: int, celery_app: Celery | None = None) -> dict[str, object]:
     """Act on one recorded episode: run its playbook once while firing, close it once resolved.
 
     Raises:
         IncidentNotFound: no such incident.
-        ConfigError: the playbooks file is invalid.
         DatabaseUnavailable, BrokerUnavailable: retry later.
     """
     catalog = catalog_of(settings)
@@ -121,10 +147,7 @@ def handle_incident(settings: Settings, incident_id: int, celery_app: Celery | N
         return close_incident(incident, catalog, edges).to_json()
     playbook = catalog.playbook_for(incident.labels)
     if playbook is None:
-        if not edges.trail.records(incident.id):
-            metrics.INCIDENTS.labels(alertname=incident.alertname, severity=incident.severity).inc()
-        notified = notify_unless_resolved(incident, catalog, None, edges, TRIGGER, {"playbook": "none"})
-        report = RunReport(incident.id, None, "no_playbook", (), tuple(notified))
+        report = _route_without_playbook(incident, catalog, edges)
     else:
         report = run_playbook(incident, playbook, catalog, edges)
     _refresh_active_gauge(edges.trail.engine)
@@ -186,9 +209,9 @@ def resume_remediation(settings: Settings) -> bool:
 
 
 def remediation_status(settings: Settings) -> dict[str, Any]:
-    """Paused or not (who, when, why), global dry-run, the playbooks file and its playbooks."""
+    """Paused or not (who, when, why), global dry-run, the playbooks file and its playbooks. Raises ConfigError."""
     paused = rails_of(settings).paused()
-    catalog = catalog_of(settings)
+    catalog = load_playbooks(settings.remediation.playbooks_file)  # an operator asking wants the file's problems
     return {
         "paused": paused is not None,
         "pause": paused,

@@ -60,6 +60,8 @@ class Catalog:
     routing: Mapping[str, tuple[str, ...]]
     commands: Mapping[str, tuple[str, ...]]
     variables: Mapping[str, str]
+    # Set only on the routing-only stand-in for a file that never loaded: why it has no playbooks.
+    problems: tuple[str, ...] = ()
 
     def playbook_for(self, labels: Mapping[str, str]) -> Playbook | None:
         """The first playbook whose matchers all hold for labels; None when no playbook applies."""
@@ -392,9 +394,22 @@ def parse_playbooks(text: str, source: str) -> Catalog:
     return parse_catalog(document, source)
 
 
+def routing_only(source: str, problems: tuple[str, ...]) -> Catalog:
+    """A catalog with no playbooks and the default severity routing, standing in for a file that is invalid."""
+    return Catalog(source, (), _routing(None, _Problems(source)), {}, {}, problems)
+
+
 @functools.lru_cache(maxsize=8)
-def _load_cached(path: Path, mtime_ns: int) -> Catalog:
-    return parse_playbooks(path.read_text(encoding="utf-8"), str(path))
+def _load_cached(path: Path, mtime_ns: int) -> Catalog | tuple[str, ...]:
+    """This version of the file as a catalog, or its problems: an invalid version is parsed once, too."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:  # not cached: a file made readable again keeps its mtime
+        raise ConfigError([f"{path}: cannot read the playbooks file: {exc.strerror}"]) from None
+    try:
+        return parse_playbooks(text, str(path))
+    except ConfigError as exc:
+        return exc.problems
 
 
 def load_playbooks(path: Path | None) -> Catalog:
@@ -408,4 +423,7 @@ def load_playbooks(path: Path | None) -> Catalog:
         mtime_ns = file.stat().st_mtime_ns
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read the playbooks file: {exc.strerror}"]) from None
-    return _load_cached(file, mtime_ns)
+    loaded = _load_cached(file, mtime_ns)
+    if isinstance(loaded, Catalog):
+        return loaded
+    raise ConfigError(loaded)
