@@ -149,3 +149,14 @@ def test_shipped_backup_playbooks_key_their_target_on_labels_the_backup_rules_ca
         playbook = catalog.playbook_for(labels)
         assert playbook is not None
         assert render("target", playbook.target, labels, {}) == "backup-full"
+
+
+def test_backup_kind_is_a_label_or_one_of_full_and_org() -> None:
+    step = "  - name: b\n    match: {alertname: BackupTooOld}\n    steps:\n      - action: backup.trigger\n"
+    labelled = parse_playbooks(f"playbooks:\n{step}        params: {{kind: '{{labels.kind}}'}}\n", "ops.yaml")
+    assert labelled.playbooks[0].steps[0].params == {"task": "backup.full", "kind": "{labels.kind}"}
+    with pytest.raises(ConfigError) as caught:
+        parse_playbooks(f"playbooks:\n{step}        params: {{kind: everything}}\n", "ops.yaml")
+    assert caught.value.problems == (
+        "ops.yaml: playbook 'b': steps[0].params.kind: must be one of full, org (got 'everything')",
+    )

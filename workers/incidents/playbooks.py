@@ -162,7 +162,9 @@ def _param(value: object, spec: Param, where: str, problems: _Problems) -> Param
     else:
         converted = value  # type: ignore[assignment]
     values = converted if isinstance(converted, tuple) else (converted,)
-    if spec.choices and any(v not in spec.choices for v in values):
+    # A placeholder's value is known only once the alert is: the runner checks the choice then.
+    fixed = [v for v in values if not (spec.templated and isinstance(v, str) and placeholders(v))]
+    if spec.choices and any(v not in spec.choices for v in fixed):
         problems.add(where, f"must be one of {', '.join(spec.choices)} (got {value!r})")
     texts = [v for v in values if isinstance(v, str)]
     if kind == Kind.TEXT_MAP:

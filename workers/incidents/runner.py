@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from workers import metrics
-from workers.errors import WorkersError
+from workers.errors import UnsafeParameter, WorkersError
 from workers.incidents.actions.base import ActionContext, ActionResult, ArchiveStore, ParamValue
 from workers.incidents.actions.registry import ACTIONS
 from workers.incidents.audit import RUNNING, ActionRecord, AuditTrail, FinishedRow
@@ -65,6 +65,7 @@ class RunReport:
 
 
 def _render_params(step: Step, incident: Incident, catalog: Catalog) -> dict[str, ParamValue]:
+    """The step's parameters with labels and variables substituted. Raises UnsafeParameter."""
     spec = ACTIONS[step.action].params
     rendered: dict[str, ParamValue] = {}
     for name, value in step.params.items():
@@ -74,6 +75,9 @@ def _render_params(step: Step, incident: Incident, catalog: Catalog) -> dict[str
                 (lambda _f, v: quote(v, safe="")) if declared.url_quoted else (lambda _f, v: v)
             )
             rendered[name] = render(f"params.{name}", value, incident.labels, catalog.variables, escape)
+            if declared.choices and rendered[name] not in declared.choices:
+                choices = ", ".join(declared.choices)
+                raise UnsafeParameter(f"params.{name}", f"must be one of {choices} (got {rendered[name]!r})")
         elif isinstance(value, str):
             rendered[name] = render(f"params.{name}", value, {}, catalog.variables)
         else:
