@@ -160,3 +160,43 @@ def test_backup_kind_is_a_label_or_one_of_full_and_org() -> None:
     assert caught.value.problems == (
         "ops.yaml: playbook 'b': steps[0].params.kind: must be one of full, org (got 'everything')",
     )
+
+
+STEPS_WITH_IDS = """
+playbooks:
+  - name: deploys
+    match: {alertname: HighErrorRate}
+    steps:
+      - id: recent-deploy
+        action: http.check
+        params: {url: "http://127.0.0.1:1/deploys"}
+      - action: http.request
+        params: {url: "http://127.0.0.1:1/rollback"}
+        if_ok: recent-deploy
+"""
+
+
+@pytest.mark.parametrize(
+    ("broken", "expected", "problem"),
+    [
+        ("if_ok: recent-deploy", "if_ok: rollback", "steps[1].if_ok: no earlier step has id 'rollback'"),
+        ("if_ok: recent-deploy", "if_failed: nowhere", "steps[1].if_failed: no earlier step has id 'nowhere'"),
+        ("if_ok: recent-deploy", "if_ok: [recent-deploy]", "steps[1].if_ok: must be a step id"),
+        ("      - action: http.request", "      - id: recent-deploy\n        action: http.request",
+         "steps[1].id: 'recent-deploy' is the id of an earlier step too"),
+    ],
+)  # fmt: skip
+def test_step_references_name_file_playbook_and_field(broken: str, expected: str, problem: str) -> None:
+    assert parse_playbooks(STEPS_WITH_IDS, "ops.yaml").playbooks[0].steps[1].if_ok == "recent-deploy"
+    with pytest.raises(ConfigError) as caught:
+        parse_playbooks(STEPS_WITH_IDS.replace(broken, expected), "ops.yaml")
+    [message] = caught.value.problems
+    assert message.startswith(f"ops.yaml: playbook 'deploys': {problem}"), message
+
+
+def test_shipped_high_error_rate_rolls_back_only_a_deployment_it_found() -> None:
+    playbook = load_playbooks(None).playbook_for({"alertname": "HighErrorRate"})
+    assert playbook is not None
+    [rollback] = [s for s in playbook.steps if s.params.get("command") == "rollback-api"]
+    assert rollback.if_ok == "recent-deploy" and rollback.when == {"severity": "critical"}
+    assert any(s.id == "recent-deploy" for s in playbook.steps)

@@ -74,6 +74,18 @@ playbooks:
       - action: command.run
         params: {{command: mark}}
         on_failure: stop
+  - name: rollback
+    match: {{alertname: Deployed}}
+    target: "{{labels.instance}}"
+    cooldown: 0s
+    steps:
+      - id: recent-deploy
+        action: http.check
+        params: {{url: "{health_url}/deploys", expect_status: 200}}
+        on_failure: continue
+      - action: command.run
+        params: {{command: mark}}
+        if_ok: recent-deploy
   - name: held
     match: {{alertname: Held}}
     target: "{{labels.instance}}"
@@ -584,3 +596,24 @@ def test_an_episode_resolved_during_its_playbook_is_resolved_by_the_run(
     assert _events(pagerduty) == [("trigger", "pg3"), ("resolve", "pg3")]
     assert handle_incident(settings, incident_id)["status"] == "resolved"  # the resolve task, late: sends no more
     assert _events(pagerduty) == [("trigger", "pg3"), ("resolve", "pg3")]
+
+
+def test_if_ok_runs_a_step_only_when_the_step_it_names_succeeded(
+    ops_env: Callable[..., Settings],
+    playbook_file: Callable[[str], Path],
+    tmp_path: Path,
+    state_db: Engine,
+    recording_server: Callable[[], RecordingServer],
+) -> None:
+    deploys = recording_server()
+    deploys.statuses.extend([404, 200])  # the first incident finds no recent deployment, the second one does
+    settings, marks = _settings(ops_env, playbook_file, tmp_path, health_url=deploys.url)
+    none_found = insert_incident(state_db, "Deployed", labels={"instance": "api-1"}, fingerprint="n")
+    found = insert_incident(state_db, "Deployed", labels={"instance": "api-2"}, fingerprint="f")
+
+    assert handle_incident(settings, none_found)["status"] == "completed"
+    assert handle_incident(settings, found)["status"] == "completed"
+
+    assert _steps(state_db, none_found) == [("http.check", "failed"), ("command.run", "skipped_condition")]
+    assert _steps(state_db, found) == [("http.check", "ok"), ("command.run", "ok")]
+    assert _marks(marks) == 1

@@ -36,6 +36,7 @@ class Step:
     id: str = ""
     when: Mapping[str, str] = field(default_factory=dict)  # label matchers; the step is skipped otherwise
     if_failed: str = ""  # run only when the step with this id failed
+    if_ok: str = ""  # run only when the step with this id succeeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,9 @@ def matches(matchers: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_STEP_FIELDS = frozenset({"action", "params", "on_failure", "timeout", "id", "when", "if_failed"})
+_STEP_FIELDS = frozenset({"action", "params", "on_failure", "timeout", "id", "when", "if_failed", "if_ok"})
+# Fields naming another step by its id.
+_STEP_REFERENCES = ("if_failed", "if_ok")
 _PLAYBOOK_FIELDS = frozenset(
     {"name", "match", "target", "cooldown", "budget_per_hour", "dry_run", "steps", "check", "notify"}
 )
@@ -224,15 +227,31 @@ def _step(raw: object, where: str, commands: Mapping[str, object], problems: _Pr
             timeout_s = parse_duration(raw["timeout"])
         except ValueError as exc:
             problems.add(f"{where}.timeout", str(exc))
+    names: dict[str, str] = {}
+    for name in ("id", *_STEP_REFERENCES):
+        value = raw.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+            problems.add(f"{where}.{name}", f"must be a step id such as recent-deploy (got {value!r})")
+            value = None
+        names[name] = "" if value is None else str(value)
     return Step(
         action=action,
         params=_params(action, raw.get("params"), where, commands, problems),
         on_failure=OnFailure(on_failure),
         timeout_s=timeout_s,
-        id=str(raw.get("id") or ""),
+        id=names["id"],
         when=_text_map(raw.get("when"), f"{where}.when", problems),
-        if_failed=str(raw.get("if_failed") or ""),
+        if_failed=names["if_failed"],
+        if_ok=names["if_ok"],
     )
+
+
+def _check_references(step: Step, where: str, earlier_ids: list[str], problems: _Problems) -> None:
+    """if_failed and if_ok must each name a step that runs before this one."""
+    for name in _STEP_REFERENCES:
+        referenced = getattr(step, name)
+        if referenced and referenced not in earlier_ids:
+            problems.add(f"{where}.{name}", f"no earlier step has id {referenced!r}")
 
 
 def _match(raw: object, where: str, problems: _Problems) -> dict[str, str]:
@@ -255,9 +274,12 @@ def _steps(raw: object, where: str, commands: Mapping[str, object], problems: _P
     steps = [_step(s, f"{where}: steps[{i}]", commands, problems) for i, s in enumerate(raw)]
     earlier_ids: list[str] = []
     for i, s in enumerate(steps):
-        if s is not None and s.if_failed and s.if_failed not in earlier_ids:
-            problems.add(f"{where}: steps[{i}].if_failed", f"no earlier step has id {s.if_failed!r}")
-        if s is not None and s.id:
+        if s is None:
+            continue
+        _check_references(s, f"{where}: steps[{i}]", earlier_ids, problems)
+        if s.id in earlier_ids:
+            problems.add(f"{where}: steps[{i}].id", f"{s.id!r} is the id of an earlier step too")
+        if s.id:
             earlier_ids.append(s.id)
     return tuple(s for s in steps if s is not None)
 
@@ -300,13 +322,16 @@ def _playbook(raw: object, index: int, commands: Mapping[str, object], problems:
     for name in raw:
         if name not in _PLAYBOOK_FIELDS:
             problems.add(f"{where}: {name}", f"unknown field (known: {', '.join(sorted(_PLAYBOOK_FIELDS))})")
+    steps = _steps(raw.get("steps"), where, commands, problems)
     check = None
     if raw.get("check") is not None:
         check = _step(raw["check"], f"{where}: check", commands, problems)
+        if check is not None:
+            _check_references(check, f"{where}: check", [s.id for s in steps if s.id], problems)
     return Playbook(
         name=raw["name"],
         match=_match(raw.get("match"), where, problems),
-        steps=_steps(raw.get("steps"), where, commands, problems),
+        steps=steps,
         check=check,
         **_options(raw, where, problems),  # type: ignore[arg-type]
     )

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"
-SKIPPED_CONDITION = "skipped_condition"
+SKIPPED_CONDITION, SKIPPED_DRY_RUN = "skipped_condition", "skipped_dry_run"
 # Notification kinds: the page (or ticket, or log line) before the steps, the outcome or escalation after them.
 TRIGGER, UPDATE, ESCALATE, RESOLVE = "trigger", "update", "escalate", "resolve"
 
@@ -95,7 +95,7 @@ class _Run:
     def __init__(self, incident: Incident, playbook: Playbook, catalog: Catalog, edges: Edges, dry_run: bool) -> None:
         self.incident, self.playbook, self.catalog, self.edges = incident, playbook, catalog, edges
         self.dry_run = dry_run
-        self.outcomes: dict[str, str] = {}  # step id -> outcome, for if_failed
+        self.outcomes: dict[str, str] = {}  # step id -> outcome, for if_failed and if_ok
         self.ran: list[tuple[str, str]] = []
         self.first_action_seen = False
 
@@ -110,12 +110,19 @@ class _Run:
             _record_metric(step.action, outcome)
             self.ran.append((step.action, outcome))
 
+    def applies(self, step: Step) -> bool:
+        """Whether the step's conditions hold: its label matchers, and how the steps it names ended."""
+        if step.if_failed and self.outcomes.get(step.if_failed) != FAILED:
+            return False
+        # In a dry run a step that would have succeeded counts as succeeded: the rehearsal shows the whole path.
+        if step.if_ok and self.outcomes.get(step.if_ok) not in (OK, SKIPPED_DRY_RUN):
+            return False
+        return matches(step.when, self.incident.labels)
+
     def execute(self, index: int, step: Step) -> str:
         """Run one step (or record why it is skipped); return its outcome."""
         trail, now = self.edges.trail, self.edges.clock()
-        if not matches(step.when, self.incident.labels) or (
-            step.if_failed and self.outcomes.get(step.if_failed) != FAILED
-        ):
+        if not self.applies(step):
             trail.record(
                 self.incident.id,
                 index,
@@ -123,7 +130,7 @@ class _Run:
                 step.params,
                 SKIPPED_CONDITION,
                 now,
-                {"when": dict(step.when), "if_failed": step.if_failed},
+                {"when": dict(step.when), "if_failed": step.if_failed, "if_ok": step.if_ok},
             )
             _record_metric(step.action, SKIPPED_CONDITION)
             return SKIPPED_CONDITION
@@ -148,7 +155,7 @@ class _Run:
             celery_app=self.edges.celery_app,
         )
         result, error = self._call(step, params, context)
-        outcome = FAILED if result is None or not result.ok else ("skipped_dry_run" if self.dry_run else OK)
+        outcome = FAILED if result is None or not result.ok else (SKIPPED_DRY_RUN if self.dry_run else OK)
         detail = {"summary": result.summary, **result.detail} if result is not None else None
         trail.finish(row, outcome, self.edges.clock(), detail, error)
         _record_metric(step.action, outcome)
