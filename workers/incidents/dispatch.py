@@ -40,7 +40,13 @@ def enqueue_transitions(app: Celery, transitions: Sequence[Transition]) -> list[
         with app.producer_or_acquire() as producer, producer.batch():
             for transition in ordered:
                 # Bound here so hooks.py copies them into the message headers and the task's log lines.
-                with log_context(incident_id=transition.incident_id, fingerprint=transition.fingerprint):
+                # A transition read back by reconcile carries the request id its row was recorded with;
+                # one the receiver just recorded has none and keeps the request's own, bound around it.
+                fields: dict[str, object] = {"incident_id": transition.incident_id,
+                                             "fingerprint": transition.fingerprint}  # fmt: skip
+                if transition.request_id is not None:
+                    fields["request_id"] = transition.request_id
+                with log_context(**fields):
                     app.send_task(
                         HANDLE_TASK,
                         args=[transition.incident_id],

@@ -26,6 +26,7 @@ from workers.incidents.records import (
     pending_fetches,
     pending_transitions,
 )
+from workers.logs import log_context
 from workers.settings import Settings
 from workers.state.db import create_state_engine, redact
 
@@ -65,7 +66,11 @@ def _fetch_truncated(engine: Engine, app: Celery, client: AlertmanagerClient, no
                 fail_fetch(conn, fetch.id, str(exc))
             failures += 1
             continue
-        outcome, _ = record_and_enqueue(engine, app, alerts, request_id=None, now=now, source="reconcile")
+        # The alerts belong to the notification that was truncated: record and send them under its request id.
+        with log_context(**({"request_id": fetch.request_id} if fetch.request_id else {})):
+            outcome, _ = record_and_enqueue(
+                engine, app, alerts, request_id=fetch.request_id, now=now, source="reconcile"
+            )
         with engine.begin() as conn:
             finish_fetch(conn, fetch.id, now)
         fetched += 1

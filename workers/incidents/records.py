@@ -33,6 +33,7 @@ class Transition:
     fingerprint: str
     severity: Severity
     alert_status: AlertStatus
+    request_id: str | None = None  # the notification that recorded it, when read back for reconcile
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class PendingFetch:
     receiver: str
     group_labels: Mapping[str, str]
     truncated_alerts: int
+    request_id: str | None = None  # of the truncated notification
 
 
 @functools.cache
@@ -141,13 +143,14 @@ def mark_enqueued(conn: Connection, sent: Sequence[Transition], at: datetime) ->
 def pending_transitions(conn: Connection, *, changed_before: datetime, limit: int) -> list[Transition]:
     """Recorded episodes that have no task yet and were last changed before `changed_before`."""
     stmt = (
-        select(incidents.c.id, incidents.c.fingerprint, incidents.c.severity, incidents.c.alert_status)
+        select(incidents.c.id, incidents.c.fingerprint, incidents.c.severity, incidents.c.alert_status,
+               incidents.c.request_id)
         .where(incidents.c.enqueued_at.is_(None), incidents.c.updated_at <= changed_before)
         .order_by(incidents.c.id)
         .limit(limit)
-    )
+    )  # fmt: skip
     return [
-        Transition(int(row.id), row.fingerprint, Severity(row.severity), AlertStatus(row.alert_status))
+        Transition(int(row.id), row.fingerprint, Severity(row.severity), AlertStatus(row.alert_status), row.request_id)
         for row in conn.execute(stmt)
     ]
 
@@ -177,13 +180,14 @@ def add_fetch(
 def pending_fetches(conn: Connection, *, limit: int) -> list[PendingFetch]:
     stmt = (
         select(alert_fetches.c.id, alert_fetches.c.receiver, alert_fetches.c.group_labels,
-               alert_fetches.c.truncated_alerts)
+               alert_fetches.c.truncated_alerts, alert_fetches.c.request_id)
         .where(alert_fetches.c.fetched_at.is_(None))
         .order_by(alert_fetches.c.id)
         .limit(limit)
     )  # fmt: skip
     return [
-        PendingFetch(int(r.id), r.receiver, dict(r.group_labels), int(r.truncated_alerts)) for r in conn.execute(stmt)
+        PendingFetch(int(r.id), r.receiver, dict(r.group_labels), int(r.truncated_alerts), r.request_id)
+        for r in conn.execute(stmt)
     ]
 
 
