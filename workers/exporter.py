@@ -1,4 +1,4 @@
-"""`ops-workers exporter`: one process serving the system, database, worker-count and exact queue metrics.
+"""`ops-workers exporter`: one process serving the system, database, worker-count, queue and pause metrics.
 
 A dedicated process rather than beat or a worker: it must keep answering while workers are saturated
 (a backlog is exactly when its numbers matter), and beat stays a scheduler only.
@@ -17,6 +17,7 @@ from celery import Celery
 from prometheus_client import start_http_server
 
 from workers.errors import BrokerUnavailable
+from workers.incidents.rails import Rails
 from workers.metrics import ExporterSources, exporter_registry
 from workers.settings import Bind, Settings
 
@@ -34,6 +35,15 @@ def ping_counter(app: Celery, timeout_s: float) -> Callable[[], int]:
         return len(replies or [])
 
     return count_workers
+
+
+def pause_reader(rails: Rails) -> Callable[[], bool]:
+    """A function telling whether remediation is paused, as every worker sees it (raises BrokerUnavailable)."""
+
+    def is_paused() -> bool:
+        return rails.paused() is not None
+
+    return is_paused
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,7 @@ def exporter_sources(settings: Settings, app: Celery, layout: BrokerLayout) -> E
         platform_database=settings.database,
         disk_mounts=settings.exporter.disk_mounts,
         count_workers=ping_counter(app, settings.exporter.ping_timeout_s),
+        remediation_paused=pause_reader(Rails(broker, settings.remediation.lock_ttl_s)),
     )
 
 

@@ -146,11 +146,6 @@ PLAYBOOKS_VALID = Gauge(
     "(the last valid one stays in use, or, if none was read, alerts are routed without remediation).",
     multiprocess_mode="mostrecent",
 )
-REMEDIATION_PAUSED = Gauge(
-    "ops_remediation_paused",
-    "1 while remediation is paused globally (ops-workers remediation pause), else 0.",
-    multiprocess_mode="mostrecent",
-)
 
 # --- backups (recorded by workers.backup.operations, the edge that knows each outcome) ---
 BACKUP_LAST_SUCCESS = Gauge(
@@ -237,11 +232,13 @@ QUEUE_MESSAGES = "ops_queue_messages"
 SOURCE_UP = "ops_exporter_source_up"
 BEAT_LOCK_HELD = "ops_beat_lock_held"
 BEAT_LAG = "ops_beat_schedule_lag_seconds"
+# Read from Redis at each scrape: the pause is set by the CLI, a process nobody scrapes.
+REMEDIATION_PAUSED = "ops_remediation_paused"
 QUEUE_STATES = ("ready", "unacked", "scheduled")
 # Every name the exporter's collector yields (the README's metrics table lists each).
 EXPORTER_METRICS = (
     SYSTEM_CPU, SYSTEM_MEMORY, SYSTEM_DISK, SYSTEM_DISK_FREE, DATABASE_CONNECTIONS, DATABASE_CONNECTIONS_MAX,
-    CELERY_WORKERS, QUEUE_MESSAGES, SOURCE_UP, BEAT_LOCK_HELD, BEAT_LAG,
+    CELERY_WORKERS, QUEUE_MESSAGES, SOURCE_UP, BEAT_LOCK_HELD, BEAT_LAG, REMEDIATION_PAUSED,
 )  # fmt: skip
 
 
@@ -257,6 +254,7 @@ class ExporterSources:
     platform_database: PostgresTarget | None
     disk_mounts: tuple[str, ...]
     count_workers: Callable[[], int]
+    remediation_paused: Callable[[], bool]  # raises WorkersError when it cannot tell
 
 
 class ExporterCollector(Collector):
@@ -277,6 +275,7 @@ class ExporterCollector(Collector):
         yield from self._beat(up)
         yield from self._database(up)
         yield from self._workers(up)
+        yield from self._remediation(up)
         yield up
 
     def _disks(self) -> Iterator[Metric]:
@@ -355,6 +354,18 @@ class ExporterCollector(Collector):
             return
         up.add_metric(["workers"], 1)
         yield GaugeMetricFamily(CELERY_WORKERS, "Celery workers that answered a ping.", value=workers)
+
+
+    def _remediation(self, up: GaugeMetricFamily) -> Iterator[Metric]:
+        try:
+            paused = self.sources.remediation_paused()
+        except WorkersError:
+            log.warning("remediation pause unavailable", exc_info=True)
+            up.add_metric(["remediation"], 0)
+            return
+        up.add_metric(["remediation"], 1)
+        yield GaugeMetricFamily(REMEDIATION_PAUSED, "1 while remediation is paused globally "
+                                "(ops-workers remediation pause), else 0.", value=int(paused))  # fmt: skip
 
 
 def exporter_registry(sources: ExporterSources) -> CollectorRegistry:

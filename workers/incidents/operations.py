@@ -196,14 +196,12 @@ def incidents_document(settings: Settings, status: str | None, limit: int) -> li
 
 
 def pause_remediation(settings: Settings, by: str, reason: str) -> None:
-    rails_of(settings).pause(by, reason)
-    metrics.REMEDIATION_PAUSED.set(1)
+    rails_of(settings).pause(by, reason)  # the exporter reads it at each scrape: ops_remediation_paused
     log.warning("remediation paused", extra={"by": by, "reason": reason})
 
 
 def resume_remediation(settings: Settings) -> bool:
     resumed = rails_of(settings).resume()
-    metrics.REMEDIATION_PAUSED.set(0)
     log.warning("remediation resumed", extra={"was_paused": resumed})
     return resumed
 
