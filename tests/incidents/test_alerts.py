@@ -234,6 +234,8 @@ def test_crlf_body_parses_like_lf() -> None:
         ({"alerts": [alert(annotations={"d": "\ud800"})]}, "alerts[0].annotations.d"),
         ({"alerts": [], "truncatedAlerts": -1}, "truncatedAlerts"),
         ({"alerts": [], "truncatedAlerts": "3"}, "truncatedAlerts"),
+        ({"alerts": [], "truncatedAlerts": 2**31}, "truncatedAlerts"),
+        ({"alerts": [], "truncatedAlerts": 10**30}, "truncatedAlerts"),
         ({"alerts": [], "groupLabels": "x"}, "groupLabels"),
         ({"alerts": [alert(), alert(startsAt=None)]}, "alerts[1].startsAt"),
     ],
@@ -243,6 +245,10 @@ def test_invalid_bodies_name_the_field(doc: object, field: str) -> None:
         parse_notification(doc, NOW)
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_the_largest_truncated_count_the_database_holds_is_accepted() -> None:
+    assert parse_notification(body(truncatedAlerts=2**31 - 1), NOW).truncated_alerts == 2**31 - 1
 
 
 def test_truncated_count_receiver_and_group_labels_are_kept() -> None:

@@ -63,6 +63,7 @@ _LABEL_SEPARATOR = 0xFF
 # Column widths in the state database (workers/state/schema.py).
 MAX_FINGERPRINT_CHARS = 64
 MAX_ALERTNAME_CHARS = 200
+MAX_TRUNCATED_ALERTS = 2**31 - 1  # alert_fetches.truncated_alerts is a 32-bit INTEGER
 
 
 def fingerprint(labels: Mapping[str, str]) -> str:
@@ -204,6 +205,8 @@ def parse_notification(doc: object, now: datetime) -> Notification:
         truncated = 0
     if isinstance(truncated, bool) or not isinstance(truncated, int) or truncated < 0:
         raise InvalidAlert("truncatedAlerts", "must be a whole number of at least 0")
+    if truncated > MAX_TRUNCATED_ALERTS:
+        raise InvalidAlert("truncatedAlerts", f"must be at most {MAX_TRUNCATED_ALERTS}")
     receiver = doc.get("receiver", "")
     group_labels = doc.get("groupLabels")
     return Notification(
