@@ -68,15 +68,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
+def _escape_unprintable(text: str, also: str = "") -> str:
+    # repr() spells a newline \n, ESC \x1b and a bidi override \u202e; printable text stays as it is.
+    if text.isprintable() and not any(c in text for c in also):
+        return text
+    return "".join(("\\" + c) if c in also else c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def console_value(value: object) -> str:
+    """A k=v value that cannot break the line: bare when it is one printable word, else double-quoted and escaped."""
+    text = value if isinstance(value, str) else str(value)
+    if text and text.isprintable() and not any(c in text for c in ' ="\\'):
+        return text
+    return '"' + _escape_unprintable(text, also='"\\') + '"'
+
+
 class ConsoleFormatter(logging.Formatter):
-    """Readable lines for a terminal: time level logger event key=value ..."""
+    """Readable lines for a terminal: time level logger event key=value ...
+
+    One record is one line: values (which may hold payload text) are quoted and escaped, and so is
+    anything unprintable in the message; a traceback keeps its own lines, each escaped.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
-        pairs = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()} {pairs}".rstrip()
+        pairs = " ".join(f"{k}={console_value(v)}" for k, v in _fields(record).items())
+        event = _escape_unprintable(record.getMessage())
+        line = f"{ts} {record.levelname:<7} {record.name}: {event} {pairs}".rstrip()
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            lines = self.formatException(record.exc_info).split("\n")
+            line += "\n" + "\n".join(_escape_unprintable(part) for part in lines)
         return line
 
 
