@@ -124,6 +124,19 @@ def test_fingerprint_matches_alertmanager(labels: dict[str, str], expected: str)
     assert fingerprint(labels) == expected
 
 
+@pytest.mark.parametrize(
+    ("given", "kept"), [("F404ECABC8DD5CD7", "f404ecabc8dd5cd7"), (" 0aB ", "0ab"), ("f" * 64, "f" * 64)]
+)
+def test_a_given_hex_fingerprint_is_kept_in_lower_case(given: str, kept: str) -> None:
+    [parsed] = parse_notification(body(alert(fingerprint=given)), NOW).alerts
+    assert parsed.fingerprint == kept
+
+
+def test_a_blank_fingerprint_is_computed_from_the_labels() -> None:
+    [parsed] = parse_notification(body(alert(fingerprint="  ")), NOW).alerts
+    assert parsed.fingerprint == fingerprint(parsed.labels)
+
+
 def test_fingerprint_ignores_label_order_and_separates_names_from_values() -> None:
     assert fingerprint({"a": "1", "b": "2"}) == fingerprint({"b": "2", "a": "1"})
     assert fingerprint({"ab": "c"}) != fingerprint({"a": "bc"})
@@ -228,6 +241,10 @@ def test_crlf_body_parses_like_lf() -> None:
         ({"alerts": [alert(status="pending")]}, "alerts[0].status"),
         ({"alerts": [alert(fingerprint=7)]}, "alerts[0].fingerprint"),
         ({"alerts": [alert(fingerprint="f" * 65)]}, "alerts[0].fingerprint"),
+        ({"alerts": [alert(fingerprint="fp-1")]}, "alerts[0].fingerprint"),
+        ({"alerts": [alert(fingerprint="abc\ndef")]}, "alerts[0].fingerprint"),
+        ({"alerts": [alert(fingerprint="0x1f")]}, "alerts[0].fingerprint"),
+        ({"alerts": [alert(), alert(fingerprint="\u0661\u0662")]}, "alerts[1].fingerprint"),  # Arabic-Indic digits
         ({"alerts": [alert(generatorURL=["x"])]}, "alerts[0].generatorURL"),
         ({"alerts": [alert(labels={"alertname": "a\x00b"})]}, "alerts[0].labels.alertname"),
         ({"alerts": [alert(labels={"alertname": "x" * 201})]}, "alerts[0].labels.alertname"),

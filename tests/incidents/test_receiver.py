@@ -181,6 +181,8 @@ BAD_INPUTS: list[tuple[str, dict[str, str], bytes, int, str | None]] = [
      "alerts[0].startsAt"),
     ("second alert bad", {}, json.dumps(notification(firing(), firing(status="odd"))).encode(), 400,
      "alerts[1].status"),
+    ("fingerprint not hex", {}, json.dumps(notification(firing(), firing(fingerprint="x\n\u001b[31m"))).encode(),
+     400, "alerts[1].fingerprint"),
 ]  # fmt: skip
 
 
