@@ -30,7 +30,7 @@ from workers import metrics
 from workers.checks import probe_broker
 from workers.errors import DatabaseUnavailable, InvalidAlert
 from workers.incidents.api import incident_routes
-from workers.incidents.credentials import Credentials
+from workers.incidents.credentials import Credentials, require_auth
 from workers.incidents.intake import Accepted, accept, loggable
 from workers.logs import log_context
 from workers.settings import Settings
@@ -200,7 +200,12 @@ class Routes:
 def create_receiver_app(
     settings: Settings, *, engine: Engine, celery_app: Celery, observer: Observer | None = None
 ) -> Starlette:
-    """The receiver as an ASGI app, wired to a state-database engine and the Celery app that sends tasks."""
+    """The receiver as an ASGI app, wired to a state-database engine and the Celery app that sends tasks.
+
+    Raises:
+        UsageError: no credentials are configured and serving without them is not allowed (see require_auth).
+    """
+    require_auth(settings.receiver)
     routes = Routes(settings, engine, celery_app, observer)
     app = Starlette(
         routes=[
@@ -233,5 +238,6 @@ def create_app_from_settings() -> Starlette:
     from workers.settings import get_settings
 
     settings = get_settings()
+    require_auth(settings.receiver)  # before anything is set up: refused, this process serves nothing
     configure_logging(settings.log_level, settings.log_format)
     return create_receiver_app(settings, engine=receiver_engine(settings), celery_app=celery_app)
