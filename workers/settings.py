@@ -149,7 +149,7 @@ class ReceiverSettings:
     basic_auth: Secret | None  # "user:password"
     allow_no_auth: bool
     max_body_bytes: int
-    alertmanager_url: str | None
+    alertmanager_url: str | None = field(repr=False)  # may carry user:password@
     workers: int  # uvicorn worker processes
 
 

@@ -84,7 +84,7 @@ def _post(channel: str, url: str, payload: Mapping[str, object], timeout_s: floa
 
 @dataclass(frozen=True, slots=True)
 class PagerDuty:
-    routing_key: str
+    routing_key: str = field(repr=False)
     url: str
     timeout_s: float
     name: str = "pagerduty"
@@ -108,8 +108,8 @@ class PagerDuty:
 
 @dataclass(frozen=True, slots=True)
 class TicketWebhook:
-    url: str
-    token: str | None
+    url: str = field(repr=False)  # OPS_TICKET_WEBHOOK_URL is a secret: it may carry a key
+    token: str | None = field(repr=False)
     timeout_s: float
     name: str = "ticket"
 
@@ -130,7 +130,7 @@ class TicketWebhook:
 
 @dataclass(frozen=True, slots=True)
 class Slack:
-    webhook_url: str
+    webhook_url: str = field(repr=False)  # the URL is the credential
     timeout_s: float
     name: str = "slack"
 
