@@ -32,6 +32,7 @@ from workers.errors import DatabaseUnavailable, InvalidAlert
 from workers.incidents.api import incident_routes
 from workers.incidents.credentials import Credentials, require_auth
 from workers.incidents.intake import Accepted, accept, loggable
+from workers.incidents.request_body import BodyTooLarge, read_body
 from workers.logs import log_context
 from workers.settings import Settings
 
@@ -57,10 +58,6 @@ def _incident_endpoint(path: str) -> str:
     if parts[0] != "incidents" or len(parts) > 3 or (len(parts) == 3 and parts[2] != "ack"):
         return "other"
     return "/" + "/".join(["incidents", "{id}", "ack"][: len(parts)])
-
-
-class BodyTooLarge(Exception):
-    """The request body passed the configured limit while being read."""
 
 
 class RequestContext:
@@ -98,21 +95,6 @@ class RequestContext:
             metrics.HTTP_REQUEST_DURATION.labels(method=method, endpoint=endpoint).observe(
                 time.perf_counter() - started
             )
-
-
-async def read_body(request: Request, limit_bytes: int) -> bytes:
-    """The whole body, refusing early once it passes limit_bytes (declared or actually sent)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error(status: int, message: str, request_id: str, **extra: str) -> JSONResponse:
@@ -213,7 +195,7 @@ def create_receiver_app(
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/readyz", routes.readyz, methods=["GET"]),
             Route("/metrics", routes.metrics, methods=["GET"]),
-            *incident_routes(settings),
+            *incident_routes(settings, routes.credentials, engine),
         ],
     )
     app.add_middleware(RequestContext)
