@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from workers.redaction import redact_text, redact_value
+
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 _context: ContextVar[Mapping[str, object]] = ContextVar("log_context", default=_EMPTY)
 _HANDLER_NAME = "ops-workers"
@@ -46,10 +48,16 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
     # The context is stamped on the record when it is made (see _stamp_context), because a
     # handler may format it later, outside the block that bound it.
     stamped = getattr(record, _CONTEXT_ATTR, None)
-    return {
+    fields = {
         **(stamped if stamped is not None else _context.get()),
         **{k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")},
     }
+    # A URL with user:password@ or ?token=, wherever it came from, is masked in every format.
+    return {k: redact_value(v) for k, v in fields.items()}
+
+
+def _json_default(value: object) -> str:
+    return redact_text(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,23 +68,44 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": redact_text(record.getMessage()),
             **_fields(record),
         }
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+            doc["exc"] = redact_text(self.formatException(record.exc_info))
+        return json.dumps(doc, default=_json_default, ensure_ascii=False)
+
+
+def _escape_unprintable(text: str, also: str = "") -> str:
+    # repr() spells a newline \n, ESC \x1b and a bidi override \u202e; printable text stays as it is.
+    if text.isprintable() and not any(c in text for c in also):
+        return text
+    return "".join(("\\" + c) if c in also else c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def console_value(value: object) -> str:
+    """A k=v value that cannot break the line: bare when it is one printable word, else double-quoted and escaped."""
+    text = value if isinstance(value, str) else str(value)
+    if text and text.isprintable() and not any(c in text for c in ' ="\\'):
+        return text
+    return '"' + _escape_unprintable(text, also='"\\') + '"'
 
 
 class ConsoleFormatter(logging.Formatter):
-    """Readable lines for a terminal: time level logger event key=value ..."""
+    """Readable lines for a terminal: time level logger event key=value ...
+
+    One record is one line: values (which may hold payload text) are quoted and escaped, and so is
+    anything unprintable in the message; a traceback keeps its own lines, each escaped.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
-        pairs = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()} {pairs}".rstrip()
+        pairs = " ".join(f"{k}={console_value(v)}" for k, v in _fields(record).items())
+        event = _escape_unprintable(redact_text(record.getMessage()))
+        line = f"{ts} {record.levelname:<7} {record.name}: {event} {pairs}".rstrip()
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            lines = redact_text(self.formatException(record.exc_info)).split("\n")
+            line += "\n" + "\n".join(_escape_unprintable(part) for part in lines)
         return line
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -46,7 +47,16 @@ class Bind:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+        """A loopback address (127.0.0.0/8, ::1, ::ffff:127.x) or the name localhost; "127.evil.example" is not."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            return False  # any other name: it resolves wherever DNS says
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return address.ipv4_mapped.is_loopback
+        return address.is_loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +150,7 @@ class ReceiverSettings:
     basic_auth: Secret | None  # "user:password"
     allow_no_auth: bool
     max_body_bytes: int
-    alertmanager_url: str | None
+    alertmanager_url: str | None = field(repr=False)  # may carry user:password@
     workers: int  # uvicorn worker processes
 
 

@@ -124,6 +124,19 @@ def test_fingerprint_matches_alertmanager(labels: dict[str, str], expected: str)
     assert fingerprint(labels) == expected
 
 
+@pytest.mark.parametrize(
+    ("given", "kept"), [("F404ECABC8DD5CD7", "f404ecabc8dd5cd7"), (" 0aB ", "0ab"), ("f" * 64, "f" * 64)]
+)
+def test_a_given_hex_fingerprint_is_kept_in_lower_case(given: str, kept: str) -> None:
+    [parsed] = parse_notification(body(alert(fingerprint=given)), NOW).alerts
+    assert parsed.fingerprint == kept
+
+
+def test_a_blank_fingerprint_is_computed_from_the_labels() -> None:
+    [parsed] = parse_notification(body(alert(fingerprint="  ")), NOW).alerts
+    assert parsed.fingerprint == fingerprint(parsed.labels)
+
+
 def test_fingerprint_ignores_label_order_and_separates_names_from_values() -> None:
     assert fingerprint({"a": "1", "b": "2"}) == fingerprint({"b": "2", "a": "1"})
     assert fingerprint({"ab": "c"}) != fingerprint({"a": "bc"})
@@ -228,12 +241,18 @@ def test_crlf_body_parses_like_lf() -> None:
         ({"alerts": [alert(status="pending")]}, "alerts[0].status"),
         ({"alerts": [alert(fingerprint=7)]}, "alerts[0].fingerprint"),
         ({"alerts": [alert(fingerprint="f" * 65)]}, "alerts[0].fingerprint"),
+        ({"alerts": [alert(fingerprint="fp-1")]}, "alerts[0].fingerprint"),
+        ({"alerts": [alert(fingerprint="abc\ndef")]}, "alerts[0].fingerprint"),
+        ({"alerts": [alert(fingerprint="0x1f")]}, "alerts[0].fingerprint"),
+        ({"alerts": [alert(), alert(fingerprint="\u0661\u0662")]}, "alerts[1].fingerprint"),  # Arabic-Indic digits
         ({"alerts": [alert(generatorURL=["x"])]}, "alerts[0].generatorURL"),
         ({"alerts": [alert(labels={"alertname": "a\x00b"})]}, "alerts[0].labels.alertname"),
         ({"alerts": [alert(labels={"alertname": "x" * 201})]}, "alerts[0].labels.alertname"),
         ({"alerts": [alert(annotations={"d": "\ud800"})]}, "alerts[0].annotations.d"),
         ({"alerts": [], "truncatedAlerts": -1}, "truncatedAlerts"),
         ({"alerts": [], "truncatedAlerts": "3"}, "truncatedAlerts"),
+        ({"alerts": [], "truncatedAlerts": 2**31}, "truncatedAlerts"),
+        ({"alerts": [], "truncatedAlerts": 10**30}, "truncatedAlerts"),
         ({"alerts": [], "groupLabels": "x"}, "groupLabels"),
         ({"alerts": [alert(), alert(startsAt=None)]}, "alerts[1].startsAt"),
     ],
@@ -243,6 +262,10 @@ def test_invalid_bodies_name_the_field(doc: object, field: str) -> None:
         parse_notification(doc, NOW)
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_the_largest_truncated_count_the_database_holds_is_accepted() -> None:
+    assert parse_notification(body(truncatedAlerts=2**31 - 1), NOW).truncated_alerts == 2**31 - 1
 
 
 def test_truncated_count_receiver_and_group_labels_are_kept() -> None:

@@ -1,15 +1,26 @@
-"""Property-based fuzzing of POST /alertmanager over real HTTP: whatever the body, never a 500."""
+"""Property-based fuzzing of POST /alertmanager over real HTTP: whatever the body, never a 500.
+
+Each test runs twice: without OPS_ALERTMANAGER_URL, and with it, so that a truncated notification
+is also recorded for reconcile to fetch (the alert_fetches row and its column limits).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import pytest
+from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import Engine
 
-from .conftest import AUTH
+from workers.incidents.receiver import create_receiver_app
+from workers.settings import Settings
+
+from .conftest import AUTH, TOKEN, http_client
 
 HEADERS = {**AUTH, "Content-Type": "application/json"}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -27,6 +38,8 @@ timestamps = st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
     ["2026-12-03T10:00:00.123456789Z", "0001-01-01T00:00:00Z", "2026-12-03T10:00:00+14:00",
      "9999-12-31T23:59:59-12:00", "2026-02-30T00:00:00Z"]
 )  # fmt: skip
+# Small counts, counts around the 32-bit column a fetch is recorded in, and any whole number at all.
+truncated_counts = st.integers(0, 10) | st.integers(2**31 - 3, 2**31 + 3) | st.integers(min_value=0)
 
 
 def field(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -55,9 +68,36 @@ notification_like = st.fixed_dictionaries(
         "receiver": field(nasty_text),
         "groupKey": json_values,
         "groupLabels": field(st.dictionaries(nasty_text, nasty_text, max_size=3)),
-        "truncatedAlerts": field(st.integers(min_value=0, max_value=10)),
+        "truncatedAlerts": field(truncated_counts),
     },
 )
+
+# A notification whose alerts are well formed, so the body gets as far as the truncation bookkeeping.
+truncated_like = st.fixed_dictionaries(
+    {
+        "alerts": st.lists(
+            st.fixed_dictionaries({"labels": st.dictionaries(nasty_text, nasty_text, min_size=1, max_size=3),
+                                   "startsAt": st.sampled_from(["2026-12-03T10:00:00Z", "2026-12-03T10:05:00Z"])}),
+            max_size=2,
+        ),
+        "truncatedAlerts": truncated_counts,
+    },
+    optional={"receiver": nasty_text, "groupLabels": st.dictionaries(nasty_text, nasty_text, max_size=3)},
+)  # fmt: skip
+
+
+@pytest.fixture(params=["without-fetch", "with-fetch"])
+def client(
+    request: pytest.FixtureRequest, ops_env: Callable[..., Settings], state_url: str, engine: Engine, sender: Celery
+) -> Iterator[httpx.Client]:
+    """The receiver, with or without OPS_ALERTMANAGER_URL (never contacted here: only reconcile reads it)."""
+    fetch = {"OPS_ALERTMANAGER_URL": "http://127.0.0.1:9"} if request.param == "with-fetch" else {}
+    receiver_settings = ops_env(
+        OPS_STATE_DATABASE_URL=state_url, OPS_RECEIVER_TOKEN=TOKEN, OPS_RECEIVER_MAX_BODY="65536", **fetch
+    )
+    assert (receiver_settings.receiver.alertmanager_url is not None) is bool(fetch)
+    with http_client(create_receiver_app(receiver_settings, engine=engine, celery_app=sender)) as test_client:
+        yield test_client
 
 
 def post(client: httpx.Client, content: bytes) -> httpx.Response:
@@ -73,6 +113,17 @@ def test_notification_shaped_bodies_get_200_or_a_named_400(client: httpx.Client,
         assert response.json()["field"]
     else:
         assert response.json()["alerts"] == len(doc["alerts"])
+
+
+@FUZZ
+@given(doc=truncated_like)
+def test_truncated_notifications_get_200_or_a_named_400(client: httpx.Client, doc: dict[str, Any]) -> None:
+    response = post(client, json.dumps(doc).encode())
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        assert response.json()["field"]
+    else:
+        assert response.json()["truncated"] == doc["truncatedAlerts"]
 
 
 @FUZZ

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from tests.conftest import subprocess_env
 from workers.cli import cli
 from workers.errors import UsageError
+from workers.incidents.api import ACK_BODY_LIMIT_BYTES
 from workers.incidents.lifecycle import load_incident
 from workers.incidents.operations import handle_incident
 from workers.incidents.receiver import create_receiver_app
@@ -128,3 +129,52 @@ def test_invalid_playbooks_stop_check_and_the_incidents_worker_at_start(
                               timeout=60, check=False)  # fmt: skip
         assert done.returncode == 2, done.stderr
         assert f"{broken}: playbook 'noop': steps[0].action: unknown action 'command.runn'" in done.stderr
+
+
+def test_an_ack_body_over_the_limit_is_a_413_declared_or_streamed(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], state_db: Engine, worker_app: Celery
+) -> None:
+    settings = _settings(ops_env, playbook_file)
+    incident_id = insert_incident(state_db, "Noop", labels={"instance": "i-4"})
+    app = create_receiver_app(settings, engine=state_db, celery_app=worker_app)
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    large = json.dumps({"by": "alice", "pad": "x" * ACK_BODY_LIMIT_BYTES}).encode()
+
+    def streamed() -> Iterator[bytes]:
+        # No Content-Length: the limit must hold while reading, not only for what the client declares.
+        yield b'{"by": "alice", "pad": "'
+        for _ in range(64):
+            yield b"x" * 1024
+        yield b'"}'
+
+    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        declared = client.post(f"/incidents/{incident_id}/ack", content=large, headers=auth)
+        chunked = client.post(f"/incidents/{incident_id}/ack", content=streamed(), headers=auth)
+        unauthenticated = client.post(f"/incidents/{incident_id}/ack", content=large)
+
+    assert (declared.status_code, chunked.status_code, unauthenticated.status_code) == (413, 413, 401)
+    assert declared.json()["request_id"] == declared.headers["x-request-id"]
+    assert load_incident(state_db, incident_id).status == "active"
+
+
+def test_the_api_reads_through_the_receivers_engine(
+    ops_env: Callable[..., Settings], playbook_file: Callable[[str], Path], state_db: Engine, worker_app: Celery,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    incident_id = insert_incident(state_db, "Noop", labels={"instance": "i-5"})
+    # OPS_STATE_DATABASE_URL names a database that does not exist: only the engine handed in can answer.
+    elsewhere = f"sqlite:///{tmp_path / 'never-migrated.db'}"
+    settings = ops_env(OPS_PLAYBOOKS=str(playbook_file(PLAYBOOK)), OPS_RECEIVER_TOKEN=TOKEN,
+                       OPS_STATE_DATABASE_URL=elsewhere)  # fmt: skip
+    app = create_receiver_app(settings, engine=state_db, celery_app=worker_app)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        listed = client.get("/incidents", headers=auth)
+        shown = client.get(f"/incidents/{incident_id}", headers=auth)
+        acked = client.post(f"/incidents/{incident_id}/ack", headers=auth, json={"by": "erin"})
+
+    assert listed.status_code == 200, listed.text
+    assert [i["id"] for i in listed.json()["incidents"]] == [incident_id]
+    assert shown.status_code == 200 and shown.json()["actions"] == []
+    assert acked.status_code == 200 and acked.json()["acknowledged_by"] == "erin"

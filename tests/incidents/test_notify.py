@@ -169,3 +169,28 @@ def test_unconfigured_channels_are_reported_not_dropped(ops_env: Callable[..., S
     settings = ops_env()
     deliveries = notify_all(build_channels(settings.notify), ["pagerduty", "log"], NOTE, 1, 0.0)
     assert [(d.channel, d.outcome) for d in deliveries] == [("pagerduty", "unconfigured"), ("log", "ok")]
+
+
+def test_a_multi_line_summary_is_one_short_subject_line_and_whole_in_the_body(
+    ops_env: Callable[..., Settings], smtp_server: tuple[Controller, Mailbox, Path]
+) -> None:
+    controller, mailbox, cert = smtp_server
+    settings = ops_env(
+        OPS_SMTP_HOST="127.0.0.1", OPS_SMTP_PORT=str(controller.port), OPS_SMTP_TO="oncall@example.org",
+        OPS_SMTP_CA_FILE=str(cert),
+    )  # fmt: skip
+    summary = "disk full on db1\r\nBcc: victim@example.org\n\tsecond line\u2028third " + "x" * 600
+    note = Notification("trigger", 8, "fp-8", "LowDiskSpace", "warning", summary)
+
+    [delivery] = notify_all(build_channels(settings.notify), ["email"], note, 1, 0.0)
+
+    assert delivery.outcome == "ok", delivery.error
+    [message] = mailbox.messages
+    subject = str(message["Subject"])
+    assert subject.startswith("[FIRING] LowDiskSpace (warning) incident 8: disk full on db1 Bcc: victim@example.org")
+    assert "victim@example.org second line third xxx" in subject
+    assert "\n" not in subject and "\r" not in subject and "\u2028" not in subject
+    assert len(subject) <= 200 and subject.endswith("…")
+    assert message["Bcc"] is None
+    body = message.get_content()
+    assert all(part in body for part in ("disk full on db1", "Bcc: victim@example.org", "second line", "x" * 600))

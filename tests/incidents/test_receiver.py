@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 from psycopg import sql
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from workers.app import create_app
 from workers.incidents.receiver import create_receiver_app
@@ -181,6 +181,8 @@ BAD_INPUTS: list[tuple[str, dict[str, str], bytes, int, str | None]] = [
      "alerts[0].startsAt"),
     ("second alert bad", {}, json.dumps(notification(firing(), firing(status="odd"))).encode(), 400,
      "alerts[1].status"),
+    ("fingerprint not hex", {}, json.dumps(notification(firing(), firing(fingerprint="x\n\u001b[31m"))).encode(),
+     400, "alerts[1].fingerprint"),
 ]  # fmt: skip
 
 
@@ -320,3 +322,22 @@ def test_truncated_count_is_counted(client: httpx.Client) -> None:
     before = sample("ops_alerts_truncated_total")
     assert post(client, notification(firing(), truncatedAlerts=4)).status_code == 200
     assert sample("ops_alerts_truncated_total") - before == 4
+
+
+def test_a_truncated_count_the_fetch_table_cannot_hold_is_a_named_400_and_records_nothing(
+    ops_env: Callable[..., Settings], state_url: str, engine: Engine
+) -> None:
+    settings = ops_env(
+        OPS_STATE_DATABASE_URL=state_url, OPS_RECEIVER_TOKEN=TOKEN, OPS_ALERTMANAGER_URL="http://127.0.0.1:9"
+    )
+    app = create_receiver_app(settings, engine=engine, celery_app=create_app(settings, name="fetch"))
+    with http_client(app) as client:
+        response = post(client, notification(firing(), truncatedAlerts=2**31))
+        largest = post(client, notification(firing(alertname="Largest"), truncatedAlerts=2**31 - 1))
+
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "truncatedAlerts"
+    assert largest.status_code == 200, largest.text
+    assert [r["alertname"] for r in incident_rows(engine)] == ["Largest"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT truncated_alerts FROM alert_fetches")).scalars().all() == [2**31 - 1]

@@ -11,6 +11,7 @@ import httpx
 
 from workers.errors import AlertmanagerUnavailable, InvalidAlert
 from workers.incidents.alerts import Alert, parse_api_alerts
+from workers.redaction import redact_text
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -43,11 +44,14 @@ class AlertmanagerClient:
             params.append(("receiver", re.escape(receiver)))
         params.extend(("filter", matcher(name, value)) for name, value in sorted(group_labels.items()))
         url = f"{self.base_url}/api/v2/alerts"
+        # The message goes to logs and alert_fetches.last_error: never the user:password of the URL.
+        # httpx's own messages repeat the URL, so they are redacted too, and not chained.
         try:
             response = httpx.get(url, params=params, timeout=self.timeout_s)
             response.raise_for_status()
             return parse_api_alerts(response.json(), now)
         except httpx.HTTPError as exc:
-            raise AlertmanagerUnavailable(f"GET {url} failed: {exc}") from exc
+            problem = f"failed: {type(exc).__name__}: {exc}"
         except (ValueError, InvalidAlert) as exc:
-            raise AlertmanagerUnavailable(f"GET {url} returned an unexpected body: {exc}") from exc
+            problem = f"returned an unexpected body: {exc}"
+        raise AlertmanagerUnavailable(f"GET {redact_text(url)} {redact_text(problem)}")

@@ -63,6 +63,10 @@ _LABEL_SEPARATOR = 0xFF
 # Column widths in the state database (workers/state/schema.py).
 MAX_FINGERPRINT_CHARS = 64
 MAX_ALERTNAME_CHARS = 200
+MAX_TRUNCATED_ALERTS = 2**31 - 1  # alert_fetches.truncated_alerts is a 32-bit INTEGER
+# Alertmanager's fingerprints are hex (16 digits); a given one is an identifier in rows, task
+# arguments and log lines, so anything else is refused rather than carried along.
+_HEX_FINGERPRINT = re.compile(f"[0-9a-fA-F]{{1,{MAX_FINGERPRINT_CHARS}}}")
 
 
 def fingerprint(labels: Mapping[str, str]) -> str:
@@ -125,6 +129,16 @@ def _text(value: object, where: str, *, max_chars: int | None = None) -> str:
     return value
 
 
+def _fingerprint(value: object, where: str) -> str:
+    """A given fingerprint in lower case; "" when it is empty (then it is computed from the labels)."""
+    if not isinstance(value, str):
+        raise InvalidAlert(where, "must be a string")
+    given = value.strip()
+    if given and _HEX_FINGERPRINT.fullmatch(given) is None:
+        raise InvalidAlert(where, f"must be 1 to {MAX_FINGERPRINT_CHARS} hexadecimal digits")
+    return given.lower()
+
+
 def _string_map(value: object, where: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise InvalidAlert(where, "must be an object of string values")
@@ -169,13 +183,13 @@ def parse_alert(raw: object, where: str, now: datetime) -> Alert:
     ends_raw = raw.get("endsAt")
     ends_at = None if ends_raw in (None, "") else parse_timestamp(ends_raw, f"{where}.endsAt")
     given = raw.get("fingerprint")
-    given_text = "" if given is None else _text(given, f"{where}.fingerprint", max_chars=MAX_FINGERPRINT_CHARS)
+    given_text = "" if given is None else _fingerprint(given, f"{where}.fingerprint")
     generator = raw.get("generatorURL")
     severity_label = labels.get("severity")
     return Alert(
         name=_text(labels.get("alertname", ""), f"{where}.labels.alertname", max_chars=MAX_ALERTNAME_CHARS),
         status=_alert_status(raw, ends_at, now, where),
-        fingerprint=given_text.strip() or fingerprint(labels),
+        fingerprint=given_text or fingerprint(labels),
         starts_at=starts_at,
         ends_at=ends_at,
         severity=normalise_severity(severity_label),
@@ -204,6 +218,8 @@ def parse_notification(doc: object, now: datetime) -> Notification:
         truncated = 0
     if isinstance(truncated, bool) or not isinstance(truncated, int) or truncated < 0:
         raise InvalidAlert("truncatedAlerts", "must be a whole number of at least 0")
+    if truncated > MAX_TRUNCATED_ALERTS:
+        raise InvalidAlert("truncatedAlerts", f"must be at most {MAX_TRUNCATED_ALERTS}")
     receiver = doc.get("receiver", "")
     group_labels = doc.get("groupLabels")
     return Notification(

@@ -1,16 +1,21 @@
 """HTTP API on the receiver for incidents: GET /incidents, GET /incidents/{id}, POST /incidents/{id}/ack.
 
-Thin: authentication (the receiver's credentials), argument checks, then the operations functions.
+Thin: authentication (the receiver's credentials), argument checks, then the operations functions,
+on the receiver's own state-database engine.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
+import anyio.to_thread
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -18,10 +23,16 @@ from workers.errors import IncidentNotFound, ServiceUnavailable, UsageError
 from workers.incidents.credentials import Credentials
 from workers.incidents.lifecycle import ACKNOWLEDGED, ACTIVE, RESOLVED
 from workers.incidents.operations import acknowledge_incident, incident_document, incidents_document
+from workers.incidents.request_body import BodyTooLarge, read_body
 from workers.settings import Settings
 
 MAX_LIMIT = 1000
 ACK_BODY_LIMIT_BYTES = 4096
+# Requests served at once: they share the receiver's connection pool with POST /alertmanager, whose
+# own limit (receiver.ACCEPT_CONCURRENCY) plus this one stays within the pool and its overflow.
+API_CONCURRENCY = 4
+
+T = TypeVar("T")
 
 
 def _default(value: object) -> str:
@@ -45,11 +56,18 @@ def _unavailable(request: Request) -> Response:
 
 
 class IncidentRoutes:
-    """Handlers sharing the settings and the receiver's credentials."""
+    """Handlers sharing the settings, the receiver's credentials and its state-database engine."""
 
-    def __init__(self, settings: Settings, credentials: Credentials) -> None:
+    def __init__(self, settings: Settings, credentials: Credentials, engine: Engine) -> None:
         self.settings = settings
         self.credentials = credentials
+        self.engine = engine
+        self.limiter = anyio.CapacityLimiter(API_CONCURRENCY)
+
+    async def _run(self, operation: Callable[..., T], *args: object) -> T:
+        """operation(settings, *args, engine=the receiver's engine) in a worker thread, API_CONCURRENCY at a time."""
+        work = functools.partial(operation, self.settings, *args, engine=self.engine)
+        return await anyio.to_thread.run_sync(work, limiter=self.limiter)
 
     def _refused(self, request: Request) -> Response | None:
         if self.credentials.allow(request.headers.get("authorization")):
@@ -73,7 +91,7 @@ class IncidentRoutes:
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
             return _error(request, 400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
         try:
-            found = await run_in_threadpool(incidents_document, self.settings, status, int(raw_limit))
+            found = await self._run(incidents_document, status, int(raw_limit))
         except (ServiceUnavailable, OperationalError):
             return _unavailable(request)
         return _json({"incidents": found})
@@ -85,7 +103,7 @@ class IncidentRoutes:
         if incident_id is None:
             return _error(request, 404, "no such incident")
         try:
-            document = await run_in_threadpool(incident_document, self.settings, incident_id)
+            document = await self._run(incident_document, incident_id)
         except IncidentNotFound as exc:
             return _error(request, 404, str(exc))
         except (ServiceUnavailable, OperationalError):
@@ -98,9 +116,12 @@ class IncidentRoutes:
         incident_id = self._incident_id(request)
         if incident_id is None:
             return _error(request, 404, "no such incident")
-        body = await request.body()
-        if len(body) > ACK_BODY_LIMIT_BYTES:
+        try:
+            body = await read_body(request, ACK_BODY_LIMIT_BYTES)
+        except BodyTooLarge:
             return _error(request, 413, f"body larger than {ACK_BODY_LIMIT_BYTES} bytes")
+        except ClientDisconnect:
+            return _error(request, 400, "client disconnected before sending the whole body")
         try:
             document = json.loads(body or b"{}")
         except ValueError:
@@ -109,7 +130,7 @@ class IncidentRoutes:
         if not isinstance(by, str) or not by.strip():
             return _error(request, 400, 'body must name who acknowledges: {"by": "NAME"}')
         try:
-            incident = await run_in_threadpool(acknowledge_incident, self.settings, incident_id, by)
+            incident = await self._run(acknowledge_incident, incident_id, by)
         except IncidentNotFound as exc:
             return _error(request, 404, str(exc))
         except UsageError as exc:
@@ -119,9 +140,9 @@ class IncidentRoutes:
         return _json(incident.to_json())
 
 
-def incident_routes(settings: Settings) -> list[Route]:
-    """The routes the receiver app mounts, authenticated like POST /alertmanager."""
-    handlers = IncidentRoutes(settings, Credentials.from_settings(settings.receiver))
+def incident_routes(settings: Settings, credentials: Credentials, engine: Engine) -> list[Route]:
+    """The routes the receiver app mounts, authenticated like POST /alertmanager, on its engine."""
+    handlers = IncidentRoutes(settings, credentials, engine)
     return [
         Route("/incidents", handlers.list, methods=["GET"]),
         Route("/incidents/{incident_id}", handlers.show, methods=["GET"]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,26 +11,21 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from workers.incidents.lifecycle import aware
+from workers.redaction import masked, redact_text, redact_value
 from workers.state.schema import incident_actions, remediation_runs
 
 RUNNING, INTERRUPTED = "running", "interrupted"
-SECRET_NAME = re.compile(r"token|password|secret|key|authorization|credential", re.IGNORECASE)
 ERROR_LIMIT_CHARS = 2000
 
 
-def masked(params: Mapping[str, object]) -> dict[str, object]:
-    """params with the values of secret-looking names replaced, recursively, for the audit trail."""
-    out: dict[str, object] = {}
-    for name, value in params.items():
-        if SECRET_NAME.search(name):
-            out[name] = "***"
-        elif isinstance(value, Mapping):
-            out[name] = masked(value)
-        elif isinstance(value, tuple):
-            out[name] = list(value)
-        else:
-            out[name] = value
-    return out
+# Every row is written through these: params masked by name and redacted (URL userinfo, ?token=,
+# --password=...), detail and error redacted, so a credential inside a value is never stored.
+def _detail(detail: Mapping[str, object] | None) -> object:
+    return redact_value(dict(detail)) if detail is not None else None
+
+
+def _error(error: str | None) -> str | None:
+    return redact_text(error)[:ERROR_LIMIT_CHARS] if error else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +111,8 @@ class AuditTrail:
                 .values(
                     outcome=outcome,
                     finished_at=now,
-                    detail=dict(detail) if detail is not None else None,
-                    error=error[:ERROR_LIMIT_CHARS] if error else None,
+                    detail=_detail(detail),
+                    error=_error(error),
                 )
             )
 
@@ -147,8 +141,7 @@ class AuditTrail:
                     {
                         "incident_id": r.incident_id, "step": r.step, "action": r.action,
                         "params": masked(r.params), "outcome": r.outcome, "started_at": r.at,
-                        "finished_at": r.at, "detail": dict(r.detail) if r.detail is not None else None,
-                        "error": r.error[:ERROR_LIMIT_CHARS] if r.error else None,
+                        "finished_at": r.at, "detail": _detail(r.detail), "error": _error(r.error),
                     }
                     for r in rows
                 ],

@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from workers.console import echo_json, settings_or_exit
 from workers.errors import UsageError
-from workers.incidents.credentials import Credentials
+from workers.incidents.credentials import require_auth
 from workers.incidents.operations import (
     acknowledge_incident,
     incident_audit,
@@ -40,28 +40,6 @@ def _connection(settings: Settings) -> Iterator[Connection]:
             yield conn
     finally:
         engine.dispose()
-
-
-def check_receiver_auth(settings: Settings) -> None:
-    """Refuse to serve without credentials, unless explicitly allowed and bound to loopback.
-
-    Raises:
-        UsageError: no OPS_RECEIVER_TOKEN / OPS_RECEIVER_BASIC_AUTH and serving without auth is not allowed.
-    """
-    receiver = settings.receiver
-    if Credentials.from_settings(receiver).required:
-        return
-    if receiver.allow_no_auth and receiver.bind.is_loopback:
-        return
-    if receiver.allow_no_auth:
-        raise UsageError(
-            f"OPS_RECEIVER_ALLOW_NO_AUTH=1 only applies on loopback; {receiver.bind} is not: "
-            "set OPS_RECEIVER_TOKEN or OPS_RECEIVER_BASIC_AUTH"
-        )
-    raise UsageError(
-        "the receiver needs OPS_RECEIVER_TOKEN and/or OPS_RECEIVER_BASIC_AUTH "
-        "(or OPS_RECEIVER_ALLOW_NO_AUTH=1 on a loopback OPS_RECEIVER_BIND)"
-    )
 
 
 def receiver_argv(settings: Settings, listen: str | int, certfile: str | None, keyfile: str | None) -> tuple[str, ...]:
@@ -105,7 +83,7 @@ def receiver_argv(settings: Settings, listen: str | int, certfile: str | None, k
 def receiver(workers: int | None, ssl_certfile: str | None, ssl_keyfile: str | None) -> None:  # fmt: skip
     """Serve the Alertmanager webhook receiver on OPS_RECEIVER_BIND (migrates the state database first)."""
     settings = settings_or_exit()
-    check_receiver_auth(settings)
+    require_auth(settings.receiver)
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise UsageError("--ssl-certfile and --ssl-keyfile go together")
     require_free_port(settings.receiver.bind, "OPS_RECEIVER_BIND")

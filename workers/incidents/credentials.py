@@ -7,6 +7,7 @@ import binascii
 import hmac
 from dataclasses import dataclass
 
+from workers.errors import UsageError
 from workers.settings import ReceiverSettings, Secret
 
 
@@ -44,3 +45,27 @@ class Credentials:
     def challenge(self) -> str:
         """The WWW-Authenticate value of a 401."""
         return 'Basic realm="ops-workers"' if self.token is None else 'Bearer realm="ops-workers"'
+
+
+def require_auth(receiver: ReceiverSettings) -> None:
+    """Refuse to serve without credentials, unless explicitly allowed and bound to loopback.
+
+    Called by the CLI before it starts uvicorn and by the app factory itself, so that an app built
+    any other way (uvicorn run by hand, a test, an embedding) cannot serve unauthenticated either.
+
+    Raises:
+        UsageError: no OPS_RECEIVER_TOKEN / OPS_RECEIVER_BASIC_AUTH and serving without auth is not allowed.
+    """
+    if Credentials.from_settings(receiver).required:
+        return
+    if receiver.allow_no_auth and receiver.bind.is_loopback:
+        return
+    if receiver.allow_no_auth:
+        raise UsageError(
+            f"OPS_RECEIVER_ALLOW_NO_AUTH=1 only applies on loopback; {receiver.bind} is not: "
+            "set OPS_RECEIVER_TOKEN or OPS_RECEIVER_BASIC_AUTH"
+        )
+    raise UsageError(
+        "the receiver needs OPS_RECEIVER_TOKEN and/or OPS_RECEIVER_BASIC_AUTH "
+        "(or OPS_RECEIVER_ALLOW_NO_AUTH=1 on a loopback OPS_RECEIVER_BIND)"
+    )

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from workers.errors import DatabaseUnavailable, IncidentNotFound, UsageError
+from workers.incidents.alerts import Severity
 from workers.state.schema import incidents
 
 ACTIVE, ACKNOWLEDGED, RESOLVED = "active", "acknowledged", "resolved"
@@ -32,6 +33,8 @@ class Incident:
     severity: str
     status: str  # active | acknowledged | resolved
     alert_status: str  # firing | resolved
+    # What playbooks match and substitute: alertname and severity always set, a known severity in
+    # lower case ("Critical" -> "critical"), so conditions agree with severity routing.
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
     received_at: datetime
@@ -40,6 +43,7 @@ class Incident:
     resolved_at: datetime | None
     ends_at: datetime | None
     postmortem: str | None
+    labels_as_sent: Mapping[str, str]  # the record: the labels exactly as Alertmanager sent them
 
     @property
     def is_firing(self) -> bool:
@@ -63,10 +67,21 @@ class Incident:
             "acknowledged_by": self.acknowledged_by,
             "acknowledged_at": self.acknowledged_at,
             "resolved_at": self.resolved_at,
-            "labels": dict(self.labels),
+            "labels": dict(self.labels_as_sent),
             "annotations": dict(self.annotations),
             "summary": self.summary,
         }
+
+
+_KNOWN_SEVERITIES = frozenset(s.value for s in Severity)
+
+
+def _severity_label(sent: str | None, recorded: str) -> str:
+    """The severity label for playbooks: a known one in lower case, an unknown one as sent, a missing one as routed."""
+    if sent is None:
+        return recorded
+    lowered = sent.strip().lower()
+    return lowered if lowered in _KNOWN_SEVERITIES else sent
 
 
 def _incident(row: Any) -> Incident:
@@ -82,7 +97,7 @@ def _incident(row: Any) -> Incident:
         labels={
             **labels,
             "alertname": labels.get("alertname", row.alertname),
-            "severity": labels.get("severity", row.severity),
+            "severity": _severity_label(labels.get("severity"), row.severity),
         },
         annotations={str(k): str(v) for k, v in (row.annotations or {}).items()},
         received_at=aware(row.received_at),  # type: ignore[arg-type]
@@ -91,6 +106,7 @@ def _incident(row: Any) -> Incident:
         resolved_at=aware(row.resolved_at),
         ends_at=aware(row.ends_at),
         postmortem=row.postmortem,
+        labels_as_sent=labels,
     )
 
 

@@ -7,6 +7,7 @@ cannot send a PagerDuty `resolve` on our dedup_key; these few channels are small
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import ssl
 import time
@@ -26,6 +27,16 @@ log = logging.getLogger(__name__)
 # PagerDuty's severities; ours map onto them.
 _PAGERDUTY_SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# A Subject is one header line: EmailMessage refuses CR/LF in it, and mail clients cut long ones anyway.
+# The full text goes in the body.
+SUBJECT_LIMIT_CHARS = 200
+_LINE_BREAKING = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")  # any Unicode whitespace, and control characters
+
+
+def one_line(text: str, limit_chars: int) -> str:
+    """text as a single line: runs of whitespace and control characters become one space; capped with '…'."""
+    line = _LINE_BREAKING.sub(" ", text).strip()
+    return line if len(line) <= limit_chars else line[: limit_chars - 1].rstrip() + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +85,7 @@ def _post(channel: str, url: str, payload: Mapping[str, object], timeout_s: floa
 
 @dataclass(frozen=True, slots=True)
 class PagerDuty:
-    routing_key: str
+    routing_key: str = field(repr=False)
     url: str
     timeout_s: float
     name: str = "pagerduty"
@@ -98,8 +109,8 @@ class PagerDuty:
 
 @dataclass(frozen=True, slots=True)
 class TicketWebhook:
-    url: str
-    token: str | None
+    url: str = field(repr=False)  # OPS_TICKET_WEBHOOK_URL is a secret: it may carry a key
+    token: str | None = field(repr=False)
     timeout_s: float
     name: str = "ticket"
 
@@ -120,7 +131,7 @@ class TicketWebhook:
 
 @dataclass(frozen=True, slots=True)
 class Slack:
-    webhook_url: str
+    webhook_url: str = field(repr=False)  # the URL is the credential
     timeout_s: float
     name: str = "slack"
 
@@ -147,7 +158,7 @@ class Email:
         message["From"], message["To"], message["Subject"] = (
             self.sender,
             ", ".join(self.recipients),
-            note.title,
+            one_line(note.title, SUBJECT_LIMIT_CHARS),
         )
         message.set_content("\n".join([note.summary, "", *(f"{k}: {v}" for k, v in note.details.items())]))
         try:

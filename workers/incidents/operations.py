@@ -154,9 +154,9 @@ def handle_incident(settings: Settings, incident_id: int, celery_app: Celery | N
     return report.to_json()
 
 
-def acknowledge_incident(settings: Settings, incident_id: int, by: str) -> Incident:
-    """Mark an incident acknowledged. Raises IncidentNotFound, UsageError."""
-    engine = state_engine(settings.state_database_url.value)
+def acknowledge_incident(settings: Settings, incident_id: int, by: str, *, engine: Engine | None = None) -> Incident:
+    """Mark an incident acknowledged (on `engine`, the receiver's, when given). Raises IncidentNotFound, UsageError."""
+    engine = engine or state_engine(settings.state_database_url.value)
     incident = acknowledge(engine, incident_id, by, now_utc())
     log.info("incident acknowledged", extra={"incident_id": incident_id, "by": incident.acknowledged_by})
     return incident
@@ -170,15 +170,15 @@ def resolve_incident(settings: Settings, incident_id: int) -> Incident:
     return load_incident(edges.trail.engine, incident_id)
 
 
-def incident_document(settings: Settings, incident_id: int) -> dict[str, Any]:
+def incident_document(settings: Settings, incident_id: int, *, engine: Engine | None = None) -> dict[str, Any]:
     """The incident with its audit trail (`actions`) and post-mortem, as JSON-ready values."""
-    engine = state_engine(settings.state_database_url.value)
-    return {**load_incident(engine, incident_id).to_json(), **incident_audit(settings, incident_id)}
+    engine = engine or state_engine(settings.state_database_url.value)
+    return {**load_incident(engine, incident_id).to_json(), **incident_audit(settings, incident_id, engine=engine)}
 
 
-def incident_audit(settings: Settings, incident_id: int) -> dict[str, Any]:
+def incident_audit(settings: Settings, incident_id: int, *, engine: Engine | None = None) -> dict[str, Any]:
     """What remediation adds to an incident: acknowledgement, run status, the audit trail (`actions`), post-mortem."""
-    engine = state_engine(settings.state_database_url.value)
+    engine = engine or state_engine(settings.state_database_url.value)
     incident = load_incident(engine, incident_id)
     trail = AuditTrail(engine)
     return {
@@ -190,8 +190,10 @@ def incident_audit(settings: Settings, incident_id: int) -> dict[str, Any]:
     }
 
 
-def incidents_document(settings: Settings, status: str | None, limit: int) -> list[dict[str, Any]]:
-    engine = state_engine(settings.state_database_url.value)
+def incidents_document(
+    settings: Settings, status: str | None, limit: int, *, engine: Engine | None = None
+) -> list[dict[str, Any]]:
+    engine = engine or state_engine(settings.state_database_url.value)
     return [i.to_json() for i in list_incidents(engine, status=status, limit=limit)]
 
 

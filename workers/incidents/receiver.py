@@ -30,8 +30,9 @@ from workers import metrics
 from workers.checks import probe_broker
 from workers.errors import DatabaseUnavailable, InvalidAlert
 from workers.incidents.api import incident_routes
-from workers.incidents.credentials import Credentials
+from workers.incidents.credentials import Credentials, require_auth
 from workers.incidents.intake import Accepted, accept, loggable
+from workers.incidents.request_body import BodyTooLarge, read_body
 from workers.logs import log_context
 from workers.settings import Settings
 
@@ -57,10 +58,6 @@ def _incident_endpoint(path: str) -> str:
     if parts[0] != "incidents" or len(parts) > 3 or (len(parts) == 3 and parts[2] != "ack"):
         return "other"
     return "/" + "/".join(["incidents", "{id}", "ack"][: len(parts)])
-
-
-class BodyTooLarge(Exception):
-    """The request body passed the configured limit while being read."""
 
 
 class RequestContext:
@@ -98,21 +95,6 @@ class RequestContext:
             metrics.HTTP_REQUEST_DURATION.labels(method=method, endpoint=endpoint).observe(
                 time.perf_counter() - started
             )
-
-
-async def read_body(request: Request, limit_bytes: int) -> bytes:
-    """The whole body, refusing early once it passes limit_bytes (declared or actually sent)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error(status: int, message: str, request_id: str, **extra: str) -> JSONResponse:
@@ -200,7 +182,12 @@ class Routes:
 def create_receiver_app(
     settings: Settings, *, engine: Engine, celery_app: Celery, observer: Observer | None = None
 ) -> Starlette:
-    """The receiver as an ASGI app, wired to a state-database engine and the Celery app that sends tasks."""
+    """The receiver as an ASGI app, wired to a state-database engine and the Celery app that sends tasks.
+
+    Raises:
+        UsageError: no credentials are configured and serving without them is not allowed (see require_auth).
+    """
+    require_auth(settings.receiver)
     routes = Routes(settings, engine, celery_app, observer)
     app = Starlette(
         routes=[
@@ -208,7 +195,7 @@ def create_receiver_app(
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/readyz", routes.readyz, methods=["GET"]),
             Route("/metrics", routes.metrics, methods=["GET"]),
-            *incident_routes(settings),
+            *incident_routes(settings, routes.credentials, engine),
         ],
     )
     app.add_middleware(RequestContext)
@@ -233,5 +220,6 @@ def create_app_from_settings() -> Starlette:
     from workers.settings import get_settings
 
     settings = get_settings()
+    require_auth(settings.receiver)  # before anything is set up: refused, this process serves nothing
     configure_logging(settings.log_level, settings.log_format)
     return create_receiver_app(settings, engine=receiver_engine(settings), celery_app=celery_app)

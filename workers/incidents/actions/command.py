@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
+import os
 import re
 import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from workers.errors import ActionError, UnsafeParameter
 from workers.incidents.actions.base import (
@@ -34,9 +37,23 @@ PARAMS: Mapping[str, Param] = {
 }
 
 
-def _die_with_parent() -> None:
-    # Linux: the child is killed when the worker process running the action dies, even by SIGKILL.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+@functools.cache
+def _die_with_parent() -> Callable[[], object]:
+    """The child's pre-exec hook: Linux kills the command when the worker process running it dies, even by SIGKILL.
+
+    libc is loaded and prctl looked up here, in the parent, once: between fork and exec the child
+    may only make the call. Loading a library there takes the loader's lock, which another thread of
+    the worker may have held at the moment of the fork, and the child would hang on it forever.
+    """
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    return functools.partial(prctl, _PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> int:
+    """SIGKILL the command and everything it started (its own process group), then reap it; return its code."""
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
 
 
 def check_label_argument(field: str, value: str) -> str:
@@ -73,7 +90,10 @@ def run_command(params: Mapping[str, ParamValue], ctx: ActionContext) -> ActionR
                 stderr=subprocess.STDOUT,
                 env=FIXED_ENV,
                 cwd=WORKING_DIRECTORY,
-                preexec_fn=_die_with_parent,
+                # Its own session and process group (id = its pid): on a deadline the whole group is
+                # killed, so a command that forked (sh -c "a & b") leaves nothing running.
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
             raise ActionError(f"command {name!r} could not start: {exc.strerror or exc}") from exc
@@ -81,9 +101,11 @@ def run_command(params: Mapping[str, ParamValue], ctx: ActionContext) -> ActionR
         try:
             returncode = proc.wait(timeout=ctx.timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            returncode = proc.wait()
+            returncode = _kill_group(proc)
             timed_out = True
+        except BaseException:
+            _kill_group(proc)  # a task time limit or shutdown interrupted the wait: leave nothing behind
+            raise
         size = output.tell()
         output.seek(max(0, size - OUTPUT_LIMIT_BYTES))
         tail = output.read().decode("utf-8", "replace")
