@@ -44,11 +44,20 @@ def test_defaults_need_no_configuration() -> None:
         ("OPS_SCHEDULE_OPS_CHECK", "hourly", "OPS_SCHEDULE_OPS_CHECK: must be a crontab expression"),
         ("OPS_RECEIVER_ALLOW_NO_AUTH", "maybe", "OPS_RECEIVER_ALLOW_NO_AUTH: must be one of 1/0"),
         ("OPS_RECEIVER_BASIC_AUTH", "justauser", "OPS_RECEIVER_BASIC_AUTH: must be USER:PASSWORD"),
-        ("OPS_S3_SSE", "rot13", "OPS_S3_SSE: must be one of AES256, AWS:KMS, NONE"),
+        ("OPS_S3_SSE", "rot13", "OPS_S3_SSE: must be one of AES256, aws:kms, none"),
         ("OPS_S3_SSE", "aws:kms", "OPS_S3_KMS_KEY_ID: required when OPS_S3_SSE=aws:kms"),
         ("OPS_TENANT_COLUMN", "org_id; drop table x", "OPS_TENANT_COLUMN: must be a plain column name"),
         ("OPS_TENANT_ID_PATTERN", "([", "OPS_TENANT_ID_PATTERN: is not a valid regular expression"),
         ("OPS_BROKR_URL", "redis://x", "OPS_BROKR_URL: unknown setting (a typo?)"),
+        ("OPS_BROKER_URL", "redis://127.0.0.1:abc/0", "OPS_BROKER_URL: has an invalid port"),
+        ("OPS_BROKER_URL", "redis://127.0.0.1:99999/0", "OPS_BROKER_URL: has an invalid port"),
+        ("OPS_BROKER_URL", "redis://127.0.0.1:6379/abc", "OPS_BROKER_URL: must end in a database number"),
+        ("OPS_STATE_DATABASE_URL", "postgresql://u@127.0.0.1:x/state", "OPS_STATE_DATABASE_URL: has an invalid port"),
+        ("OPS_STATE_DATABASE_URL", "postgresql://127.0.0.1:5432", "OPS_STATE_DATABASE_URL: must name a database"),
+        ("OPS_STATE_DATABASE_URL", "sqlite:///", "OPS_STATE_DATABASE_URL: must name a file"),
+        ("OPS_STATE_DATABASE_URL", "sqlite:///:memory:", "OPS_STATE_DATABASE_URL: must name a file"),
+        ("OPS_STATE_DATABASE_URL", "sqlite://", "OPS_STATE_DATABASE_URL: must name a file"),
+        ("OPS_METRICS_BIND", "127.0.0.1:65535", "OPS_METRICS_BIND: port must be at most 65534"),
     ],
 )
 def test_each_bad_setting_is_named_with_what_is_wrong(name: str, value: str, message: str) -> None:
@@ -113,6 +122,23 @@ def test_the_readme_settings_table_lists_exactly_the_known_variables() -> None:
     }
 
     assert table_names == set(KNOWN_VARIABLES)
+
+
+def test_a_var_dir_that_is_a_file_is_a_setting_error(tmp_path: Path) -> None:
+    (tmp_path / "var").write_text("not a directory")
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"OPS_VAR_DIR": str(tmp_path / "var")})
+    assert any(p.startswith("OPS_VAR_DIR:") and "is not a directory" in p for p in raised.value.problems)
+
+
+def test_an_env_file_that_is_not_utf8_is_a_setting_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_bytes(b"OPS_LOG_LEVEL=DEBUG\nOPS_RECEIVER_TOKEN=caf\xe9\n")
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(ConfigError) as raised:
+        environment()
+
+    assert raised.value.problems[0].startswith(".env: not UTF-8 text")
 
 
 def test_an_unparseable_env_file_line_is_a_setting_error_that_never_shows_the_line(

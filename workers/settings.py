@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
@@ -416,12 +416,43 @@ def _directory(raw: str) -> Path | None:
     return path
 
 
+def _url_port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        raise ValueError("has an invalid port (a number from 1 to 65535)") from None
+
+
 def _sqlalchemy_url(raw: str) -> Secret:
-    if raw.startswith("sqlite:///") or raw.startswith(("postgresql://", "postgresql+psycopg://")):
+    if raw.startswith("sqlite:"):
+        path = raw[len("sqlite:///") :] if raw.startswith("sqlite:///") else ""
+        # An in-memory database would hold the incidents and the audit trail only until the process ends.
+        if not path or path.startswith(":memory:") or "mode=memory" in path:
+            raise ValueError("must name a file, e.g. sqlite:///var/state.db (an in-memory database loses everything)")
+        return Secret(raw)
+    if raw.startswith(("postgresql://", "postgresql+psycopg://")):
+        parts = urlsplit(raw)
+        _url_port(parts)
+        if not unquote(parts.path.lstrip("/")):
+            raise ValueError("must name a database, e.g. postgresql://user@host:5432/ops_state")
         if raw.startswith("postgresql://"):
             raw = "postgresql+psycopg://" + raw[len("postgresql://") :]
         return Secret(raw)
     raise ValueError("must be sqlite:///PATH or postgresql://...")
+
+
+def _broker_url(raw: str) -> str:
+    if raw.startswith("unix://"):
+        return raw
+    if not raw.startswith(("redis://", "rediss://")):
+        raise ValueError("must be a redis:// URL")
+    parts = urlsplit(raw)
+    _url_port(parts)
+    # Celery (kombu) refuses a database that is not a number; redis-py would quietly use database 0.
+    database = parts.path.lstrip("/")
+    if database and not database.isdigit():
+        raise ValueError("must end in a database number, e.g. redis://127.0.0.1:6379/0")
+    return raw
 
 
 def _read_schedule(r: _Reader) -> ScheduleSettings:
@@ -437,8 +468,14 @@ def _read_schedule(r: _Reader) -> ScheduleSettings:
 
 
 def _read_s3(r: _Reader) -> S3Settings:
-    sse = r.choice("OPS_S3_SSE", "AES256", ("AES256", "AWS:KMS", "NONE"), upper=True)
-    sse = {"AWS:KMS": "aws:kms", "NONE": "none"}.get(sse, sse)
+    def sse_mode(raw: str) -> str:
+        # S3's own spellings, whatever the case they were written in.
+        canonical = {"aes256": "AES256", "aws:kms": "aws:kms", "none": "none"}
+        if raw.lower() not in canonical:
+            raise ValueError(f"must be one of {', '.join(canonical.values())}")
+        return canonical[raw.lower()]
+
+    sse = r._convert("OPS_S3_SSE", "AES256", sse_mode)
     kms_key_id = r.optional("OPS_S3_KMS_KEY_ID")
     r.check("OPS_S3_KMS_KEY_ID", sse != "aws:kms" or kms_key_id is not None, "required when OPS_S3_SSE=aws:kms")
     endpoint_url = r.optional("OPS_S3_ENDPOINT_URL")
@@ -577,13 +614,20 @@ def _read_notify(r: _Reader) -> NotifySettings:
     )
 
 
+def _metrics_bind(r: _Reader) -> Bind:
+    bind = r.bind("OPS_METRICS_BIND", "127.0.0.1:9540")
+    # `ops-workers run` gives the backups worker the next port.
+    r.check("OPS_METRICS_BIND", bind.port < 65535, "port must be at most 65534 (run serves backups on port+1)")
+    return bind
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build Settings from OPS_* variables; raise ConfigError listing every problem."""
     r = _Reader(environ)
-    broker_url = r.string("OPS_BROKER_URL", "redis://127.0.0.1:6379/0")
-    r.check("OPS_BROKER_URL", broker_url.startswith(("redis://", "rediss://", "unix://")), "must be a redis:// URL")
+    broker_url = r._convert("OPS_BROKER_URL", "redis://127.0.0.1:6379/0", _broker_url)
     database = r._convert("OPS_DATABASE_URL", None, parse_postgres_url)
     var_dir = Path(r.string("OPS_VAR_DIR", "./var")).expanduser().absolute()
+    r.check("OPS_VAR_DIR", not var_dir.exists() or var_dir.is_dir(), f"{var_dir} exists and is not a directory")
     state_url = r._convert("OPS_STATE_DATABASE_URL", Secret(f"sqlite:///{var_dir / 'state.db'}"), _sqlalchemy_url)
     flower_auth = r.secret("OPS_FLOWER_BASIC_AUTH")
     r.check("OPS_FLOWER_BASIC_AUTH", flower_auth is None or ":" in flower_auth.value, "must be USER:PASSWORD")
@@ -592,7 +636,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         database=database,
         state_database_url=state_url,
         var_dir=var_dir,
-        metrics_bind=r.bind("OPS_METRICS_BIND", "127.0.0.1:9540"),
+        metrics_bind=_metrics_bind(r),
         log_level=r.choice("OPS_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
         log_format=r.choice("OPS_LOG_FORMAT", "json", LOG_FORMATS),
         longest_task_s=r.integer("OPS_LONGEST_TASK_S", 6 * 3600, minimum=60),
@@ -632,13 +676,18 @@ def environment() -> dict[str, str]:
     """
     merged: dict[str, str] = {}
     if Path(".env").is_file():
-        with Path(".env").open(encoding="utf-8") as stream:
-            # A line python-dotenv cannot parse would otherwise be skipped with a warning, silently
-            # dropping a setting. The line's text is not shown: it may hold a secret.
-            bad = [b.original.line for b in parse_stream(stream) if b.error]
-        if bad:
-            raise ConfigError([f".env line {n}: cannot be parsed (expected NAME=value)" for n in bad])
-        merged = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+        try:
+            with Path(".env").open(encoding="utf-8") as stream:
+                # A line python-dotenv cannot parse would otherwise be skipped with a warning, silently
+                # dropping a setting. The line's text is not shown: it may hold a secret.
+                bad = [b.original.line for b in parse_stream(stream) if b.error]
+            if bad:
+                raise ConfigError([f".env line {n}: cannot be parsed (expected NAME=value)" for n in bad])
+            merged = {k: v for k, v in dotenv_values(".env", encoding="utf-8").items() if v is not None}
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f".env: not UTF-8 text (byte {exc.start}); save it as UTF-8"]) from None
+        except OSError as exc:
+            raise ConfigError([f".env: cannot be read ({exc.strerror})"]) from None
     merged.update(os.environ)
     return merged
 
