@@ -145,6 +145,27 @@ def test_a_backups_worker_with_more_than_one_process_is_refused(base_env: dict[s
     assert "-c 2 with the backups queue" in result.stderr and "one pg_dump at a time" in result.stderr
 
 
+def test_a_worker_whose_metrics_port_is_taken_or_invalid_does_not_start(base_env: dict[str, str]) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = ops({**base_env, "OPS_METRICS_BIND": f"127.0.0.1:{port}"}, "worker", "-Q", "default")
+    assert taken.returncode == 1, taken.stderr
+    assert "OPS_METRICS_BIND" in taken.stderr and str(port) in taken.stderr and "Traceback" not in taken.stderr
+
+    invalid = ops(base_env, "worker", "-Q", "default", "--metrics-bind", "127.0.0.1:99999")
+    assert invalid.returncode == 2
+    assert "--metrics-bind 127.0.0.1:99999: port must be between 0 and 65535" in invalid.stderr
+
+
+def test_an_incident_id_beyond_64_bits_is_a_usage_error(base_env: dict[str, str]) -> None:
+    for args in (("show",), ("resolve",), ("ack", "--by", "me")):
+        result = ops(base_env, "incidents", args[0], "99999999999999999999999", *args[1:])
+        assert result.returncode == 2, result.stderr
+        assert "99999999999999999999999 is not in the range" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_two_workers_on_one_queue_keep_their_own_metrics_directories(tmp_path: Path) -> None:
     settings = load_settings({"OPS_VAR_DIR": str(tmp_path)})
     first = Path(worker_env(settings, "incidents-1@%h", None)["PROMETHEUS_MULTIPROC_DIR"])

@@ -40,7 +40,7 @@ from workers.processes import (
     worker_argv,
     worker_concurrency,
 )
-from workers.settings import Bind, Settings, get_settings, parse_postgres_url
+from workers.settings import Bind, Settings, get_settings, parse_bind, parse_postgres_url
 from workers.state.db import create_state_engine, current_revision, upgrade
 
 
@@ -151,6 +151,12 @@ def worker(queues: str, concurrency: int | None, hostname: str | None, metrics_b
     if "incidents" in names:
         load_playbooks(settings.remediation.playbooks_file)  # refuse to start on invalid playbooks (exit 2)
     hostname = hostname or f"{names[0]}@%h"
+    try:
+        bind = parse_bind(metrics_bind) if metrics_bind else settings.metrics_bind
+    except ValueError as exc:
+        raise UsageError(f"--metrics-bind {metrics_bind}: {exc}") from None
+    # The worker serves /metrics from a signal handler, where a taken port would only be logged.
+    require_free_port(bind, "--metrics-bind" if metrics_bind else "OPS_METRICS_BIND")
     click.echo(f"state database at revision {migrate_state_database(settings)}", err=True)
     env = worker_env(settings, hostname, metrics_bind)
     exec_process(worker_argv(",".join(names), processes, hostname, settings.log_level), env)

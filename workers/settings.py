@@ -312,7 +312,7 @@ class _Reader:
         return self._convert(name, default, convert)
 
     def bind(self, name: str, default: str) -> Bind:
-        return self._convert(name, _parse_bind(default), _parse_bind)
+        return self._convert(name, parse_bind(default), parse_bind)
 
     def cron(self, name: str, default: str) -> str:
         def convert(raw: str) -> str:
@@ -348,7 +348,12 @@ def _check_range(value: float, minimum: float, maximum: float | None) -> None:
         raise ValueError(f"must be at most {maximum:g}")
 
 
-def _parse_bind(raw: str) -> Bind:
+def parse_bind(raw: str) -> Bind:
+    """HOST:PORT -> Bind.
+
+    Raises:
+        ValueError: raw is not HOST:PORT with a port from 0 to 65535.
+    """
     host, sep, port_text = raw.rpartition(":")
     if not sep or not host or not port_text.isdigit():
         raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")

@@ -29,6 +29,8 @@ from workers.server_pool import serve_pool
 from workers.settings import Settings
 from workers.state.db import create_state_engine, state_connection, upgrade
 
+# Ids are 64-bit; a larger number is refused as usage (exit 2) instead of reaching the database.
+INCIDENT_ID = click.IntRange(1, 2**63 - 1)
 RECEIVER_FACTORY = "workers.incidents.receiver:create_app_from_settings"
 
 
@@ -135,7 +137,7 @@ def list_command(status: str | None, limit: int, as_json: bool) -> None:
 
 
 @incidents.command("show")
-@click.argument("incident_id", type=int)
+@click.argument("incident_id", type=INCIDENT_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def show_command(incident_id: int, as_json: bool) -> None:
     """One incident with its labels and annotations."""
@@ -176,7 +178,7 @@ def reconcile_command(grace_s: float) -> None:
 
 
 @incidents.command("ack")
-@click.argument("incident_id", type=int)
+@click.argument("incident_id", type=INCIDENT_ID)
 @click.option("--by", "by", required=True, help="Who acknowledges (recorded with the time).")
 def ack_command(incident_id: int, by: str) -> None:
     """Acknowledge an active incident."""
@@ -185,7 +187,7 @@ def ack_command(incident_id: int, by: str) -> None:
 
 
 @incidents.command("resolve")
-@click.argument("incident_id", type=int)
+@click.argument("incident_id", type=INCIDENT_ID)
 def resolve_command(incident_id: int) -> None:
     """Resolve an incident by hand: resolve notifications go out; a critical one gets a post-mortem draft."""
     incident = resolve_incident(settings_or_exit(), incident_id)
