@@ -511,7 +511,7 @@ def test_critical_episode_first_seen_resolved_gets_no_post_mortem(
         "annotations": {"summary": "fired and resolved while the receiver was away"},
         "startsAt": (now - timedelta(minutes=10)).isoformat(),
         "endsAt": (now - timedelta(minutes=1)).isoformat(),
-        "fingerprint": "only-resolved",
+        "fingerprint": "0a1b2c3d4e5f6071",  # first seen resolved
     }
     notification = parse_notification({"version": "4", "status": "resolved", "receiver": "ops", "alerts": [alert]}, now)
     with state_db.begin() as conn:

@@ -10,6 +10,7 @@ from datetime import datetime
 import httpx
 
 from workers.errors import AlertmanagerUnavailable, InvalidAlert
+from workers.http_client import http_client
 from workers.incidents.alerts import Alert, parse_api_alerts
 from workers.redaction import redact_text
 
@@ -47,7 +48,7 @@ class AlertmanagerClient:
         # The message goes to logs and alert_fetches.last_error: never the user:password of the URL.
         # httpx's own messages repeat the URL, so they are redacted too, and not chained.
         try:
-            response = httpx.get(url, params=params, timeout=self.timeout_s)
+            response = http_client().get(url, params=params, timeout=self.timeout_s)
             response.raise_for_status()
             return parse_api_alerts(response.json(), now)
         except httpx.HTTPError as exc:

@@ -20,6 +20,7 @@ from typing import Protocol
 import httpx
 
 from workers.errors import NotificationFailed
+from workers.http_client import http_client
 from workers.settings import NotifySettings
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class RetryableFailure(NotificationFailed):
 
 def _post(channel: str, url: str, payload: Mapping[str, object], timeout_s: float, headers: Mapping[str, str]) -> str:
     try:
-        response = httpx.post(url, json=payload, timeout=timeout_s, headers=dict(headers), follow_redirects=False)
+        response = http_client().post(url, json=payload, timeout=timeout_s, headers=dict(headers))
     except httpx.HTTPError as exc:
         raise RetryableFailure(channel, f"unreachable: {type(exc).__name__}") from exc
     if response.status_code in _RETRYABLE_STATUS:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import httpx
 
+from workers.http_client import http_client
 from workers.incidents.actions.base import (
     ActionContext,
     ActionResult,
@@ -48,7 +49,7 @@ def check_http(params: Mapping[str, ParamValue], ctx: ActionContext) -> ActionRe
         return ActionResult(True, f"would GET {url}", {"url": url})
     started = time.monotonic()
     try:
-        response = httpx.get(url, timeout=ctx.timeout_s, follow_redirects=False)
+        response = http_client().get(url, timeout=ctx.timeout_s)
     except httpx.HTTPError as exc:
         return ActionResult(False, f"GET {url} failed: {type(exc).__name__}", {"url": url, "error": str(exc)})
     elapsed_ms = round((time.monotonic() - started) * 1000, 1)
@@ -71,7 +72,7 @@ def request_http(params: Mapping[str, ParamValue], ctx: ActionContext) -> Action
     if ctx.dry_run:
         return ActionResult(True, f"would {method} {url}", {"url": url, "method": method, "json": body})
     try:
-        response = httpx.request(method, url, json=body or None, timeout=ctx.timeout_s, follow_redirects=False)
+        response = http_client().request(method, url, json=body or None, timeout=ctx.timeout_s)
     except httpx.HTTPError as exc:
         return ActionResult(False, f"{method} {url} failed: {type(exc).__name__}", {"url": url, "error": str(exc)})
     expected = integer(params, "expect_status")
