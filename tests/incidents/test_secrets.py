@@ -111,7 +111,7 @@ def test_secrets_in_urls_and_argv_stay_out_of_the_audit_trail_and_the_logs(
     [checked] = health.requests
     assert checked.path == "/healthz?token=SECRET5zz"  # the real request keeps its credentials
     rows = [r.to_json() for r in AuditTrail(state_db).records(incident_id)]
-    assert [(r["action"], r["outcome"]) for r in rows[:3]] == [
+    assert [(r["action"], r["outcome"]) for r in rows if not r["action"].startswith("notify.")] == [
         ("command.run", "ok"), ("http.check", "ok"), ("http.request", "failed"),
     ]  # fmt: skip
     stored = json.dumps(rows, default=str)
