@@ -190,6 +190,36 @@ def test_a_dump_that_restores_with_errors_is_a_failed_verification(
     assert "helper" in result.first_mismatch
 
 
+# A partitioned table (its parent holds no rows of its own) and a materialized view (pg_dump stores its
+# query, not its rows): neither is in the manifest, and a good backup of them must still verify.
+PARTITIONED = """
+create table m (id int, at date not null) partition by range (at);
+create table m_2025 partition of m for values from ('2025-01-01') to ('2026-01-01');
+create table m_2026 partition of m for values from ('2026-01-01') to ('2027-01-01');
+insert into m select g, date '2025-06-01' + g from generate_series(1, 300) g;
+create materialized view mv as select at, count(*) as n from m group by at;
+"""
+
+
+def test_partitioned_tables_and_materialized_views_verify_and_a_missing_partition_still_fails(
+    pg: Any, ops_env: Callable[..., Settings], local_store: LocalStore
+) -> None:
+    source = pg.create_database(seed=PARTITIONED)
+    settings = ops_env(OPS_DATABASE_URL=url_of(source))
+    manifest = take_full_backup(settings, store=local_store)
+    assert manifest.tables == {"public.m_2025": 213, "public.m_2026": 87}
+
+    with no_scratch_left(source):
+        verified = verify(settings, manifest.id, store=local_store)
+        assert verified.ok, verified.first_mismatch
+        assert verified.tables_checked == 2
+
+        write_manifest(local_store, recount(manifest, {"public.m_2025": 213}))
+        failed = verify(settings, manifest.id, store=local_store)
+    assert (failed.outcome, failed.reason) == (Verification.FAILED, Reason.ROW_COUNT)
+    assert failed.first_mismatch == "public.m_2026: restored but not listed in the manifest"
+
+
 def test_an_unknown_backup_id_is_a_usage_error(local_store: LocalStore, drill_settings: Settings) -> None:
     with pytest.raises(BackupNotFound):
         verify(drill_settings, "20260101T000000Z-deadbeef", store=local_store)

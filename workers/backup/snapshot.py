@@ -16,6 +16,9 @@ from workers.settings import PostgresTarget
 
 log = logging.getLogger(__name__)
 
+# Ordinary tables only (relkind 'r'): partitions, but not partitioned parents (they hold no rows of
+# their own) nor materialized views (pg_dump stores their query, not their rows). The manifest's
+# tables and the tables a restore drill expects are both read with this query, so they agree.
 _USER_TABLES = """
 SELECT n.nspname, c.relname
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -23,6 +26,11 @@ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
 ORDER BY 1, 2
 """
+
+
+def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(schema, table) of every ordinary table in conn's database, as pg_dump dumps their rows."""
+    return [(str(s), str(t)) for s, t in conn.execute(_USER_TABLES).fetchall()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +43,8 @@ class Snapshot:
     database_size_bytes: int
 
     def user_tables(self) -> list[tuple[str, str]]:
-        """(schema, table) of every ordinary table, as pg_dump sees them."""
-        return [(str(s), str(t)) for s, t in self.conn.execute(_USER_TABLES).fetchall()]
+        """(schema, table) of every ordinary table, as pg_dump sees them, in this snapshot."""
+        return user_tables(self.conn)
 
     def count_rows(self, tables: Sequence[tuple[str, str]]) -> dict[str, int]:
         """'schema.table' -> rows, read in this snapshot."""

@@ -24,6 +24,7 @@ from workers.backup.process import run_streaming
 from workers.backup.restore import restore_org
 from workers.backup.retention import Verification
 from workers.backup.scratch import scratch_database
+from workers.backup.snapshot import user_tables
 from workers.backup.storage import BackupStore
 from workers.backup.stream import VerifiedReader
 from workers.backup.verification import Reason, VerificationResult
@@ -148,8 +149,9 @@ def compare_row_counts(target: PostgresTarget, expected: Mapping[str, int], *, e
                     Reason.ROW_COUNT, f"{name}: {restored} rows restored, the manifest says {expected[name]}"
                 )
         if exhaustive:
-            rows = conn.execute("SELECT schemaname || '.' || relname FROM pg_stat_user_tables ORDER BY 1").fetchall()
-            extra = [str(r[0]) for r in rows if str(r[0]) not in expected]
+            # The same catalog query the manifest was made with: pg_stat_user_tables would also list
+            # partitioned parents and materialized views, which the manifest rightly leaves out.
+            extra = [f"{s}.{t}" for s, t in user_tables(conn) if f"{s}.{t}" not in expected]
             if extra:
                 raise _Mismatch(Reason.ROW_COUNT, f"{extra[0]}: restored but not listed in the manifest")
     return len(expected)
