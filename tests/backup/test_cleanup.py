@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -254,7 +255,7 @@ def test_incomplete_multipart_uploads_older_than_a_day_are_aborted(s3_store: S3S
     assert len(client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", [])) == 1
 
     report = run_prune(s3_store, pg_admin, now=initiated + timedelta(days=1, minutes=5))
-    assert report.count("incomplete_upload") == 1
+    assert [(d.what, d.key) for d in report.deletions] == [("incomplete_upload", name.removeprefix("platform/"))]
     assert client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", []) == []
 
 
@@ -262,11 +263,45 @@ def test_stale_partial_files_of_the_local_store_are_removed(local_store: LocalSt
     final = local_store.root / object_key(BackupKind.FULL, "platform", new_backup_id(NOW, "ccccdddd"))
     # What a writer killed mid-way (SIGKILL: no cleanup ran) leaves behind.
     final.parent.mkdir(parents=True)
-    (final.parent / f".{final.name}.0123abcd{PARTIAL_SUFFIX}").write_bytes(b"half a dump")
+    partial = final.parent / f".{final.name}.0123abcd{PARTIAL_SUFFIX}"
+    partial.write_bytes(b"half a dump")
     assert run_prune(local_store, pg_admin).count("incomplete_upload") == 0
     report = run_prune(local_store, pg_admin, now=datetime.now(UTC) + timedelta(days=1, minutes=5))
-    assert report.count("incomplete_upload") == 1
+    assert [(d.what, d.key) for d in report.deletions] == [
+        ("incomplete_upload", partial.relative_to(local_store.root).as_posix())
+    ]
     assert not list(local_store.root.rglob("*.partial"))
+
+
+def test_each_deletion_is_logged_once_with_its_key_and_rule_and_a_dry_run_logs_none(
+    local_store: LocalStore, pg_admin: PostgresTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    for d in (0, 1, 2):
+        stored_backup(local_store, d, verified=Verification.OK)
+    expired = stored_backup(local_store, 40)
+    orphan = object_key(BackupKind.FULL, "platform", new_backup_id(NOW, "0badf00d"))
+    local_store.put_bytes(orphan, b"an object whose manifest was never written")
+    partial = local_store.root / "full/platform/2026/01/01/.x.dump.zst.0123abcd.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"half a dump")
+    later = datetime.now(UTC) + GRACE + timedelta(minutes=5)
+    caplog.set_level(logging.INFO, logger="workers.backup.cleanup")
+
+    run_prune(local_store, pg_admin, now=later, dry_run=True)
+    assert [r for r in caplog.records if r.getMessage() == "backup deleted"] == []
+
+    report = run_prune(local_store, pg_admin, now=later)
+    logged = [
+        (r.what, r.key, r.rule)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "backup deleted"
+    ]
+    assert logged == [(d.what, d.key, d.rule) for d in report.deletions]
+    assert logged == [
+        ("backup", expired.key, "expired"),
+        ("orphan", orphan, "orphan_object"),
+        ("incomplete_upload", "full/platform/2026/01/01/.x.dump.zst.0123abcd.partial", "incomplete_upload"),
+    ]
 
 
 def test_stale_scratch_databases_are_dropped_and_live_ones_kept(pg_admin: PostgresTarget) -> None:

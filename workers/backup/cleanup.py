@@ -16,6 +16,7 @@ from typing import Protocol
 
 from workers.backup.naming import MANIFEST_SUFFIX, OBJECT_SUFFIX, BackupKind, KeyParts, parse_key
 from workers.backup.retention import Candidate, Decision, Policy, RetentionPlan, Verification, plan_retention
+from workers.backup.scratch import sweep_scratch_databases
 from workers.backup.storage import DELETE_BATCH, BackupStore, StoredObject
 from workers.backup.verification import (
     VERIFICATION_SUFFIX,
@@ -23,6 +24,7 @@ from workers.backup.verification import (
     read_verification,
     verification_key,
 )
+from workers.settings import PostgresTarget
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,13 @@ class CleanupReport:
 
     def count(self, what: str) -> int:
         return sum(1 for d in self.deletions if d.what == what)
+
+    def add(self, deletions: Sequence[Deletion]) -> None:
+        """Report deletions; each one actually made (not in a dry run) is logged once, with its key and rule."""
+        self.deletions += deletions
+        if not self.dry_run:
+            for deletion in deletions:
+                log.info("backup deleted", extra=deletion.to_json())
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -176,7 +185,7 @@ def delete_backups(
             if after_manifests is not None:
                 after_manifests(object_keys)
             _delete_keys(store, [verification_key(k) for k in object_keys] + object_keys)
-            report.deletions += [_backup_deletion(d, keys_of[d.backup.id]) for d in doomed]
+            report.add([_backup_deletion(d, keys_of[d.backup.id]) for d in doomed])
         finally:
             claims.release_all()
 
@@ -225,19 +234,31 @@ def prune(
     _report_plan(plan, report)
     keys_of = {c.id: key for key, c in by_key.items()}
     if dry_run:
-        report.deletions += [_backup_deletion(d, keys_of[d.backup.id]) for d in plan.expired]
+        report.add([_backup_deletion(d, keys_of[d.backup.id]) for d in plan.expired])
     else:
         delete_backups(store, plan.expired, keys_of, claims, report, after_manifests=after_manifests)
     stray = orphans(inventory, now, orphan_grace)
     if not dry_run:
         _delete_keys(store, [d.key for d in stray])
-    report.deletions += stray
+    report.add(stray)
     incomplete = store.discard_incomplete("", started_before=now - INCOMPLETE_UPLOAD_AGE, dry_run=dry_run)
-    report.deletions += [
-        Deletion("incomplete_upload", store.url, "incomplete_upload", "unfinished upload started over a day ago")
-        for _ in range(incomplete)
-    ]
+    report.add(
+        [Deletion("incomplete_upload", key, "incomplete_upload", "unfinished upload started over a day ago")
+         for key in incomplete]
+    )  # fmt: skip
     return report
+
+
+def collect_scratch_databases(server: PostgresTarget, report: CleanupReport) -> None:
+    """Drop the throwaway databases no live drill holds (those of dead drills) and report each one.
+
+    Raises:
+        DatabaseUnavailable, DatabaseAuthenticationFailed: the server could not be reached.
+    """
+    report.add(
+        [Deletion("scratch_database", name, "stale_scratch_database", "no live restore drill holds it")
+         for name in sweep_scratch_databases(server, dry_run=report.dry_run)]
+    )  # fmt: skip
 
 
 def _report_plan(plan: RetentionPlan, report: CleanupReport) -> None:

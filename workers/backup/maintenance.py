@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from workers import metrics
-from workers.backup.cleanup import CleanupReport, Deletion, prune
+from workers.backup.cleanup import CleanupReport, collect_scratch_databases, prune
 from workers.backup.lease import deletion_claims, lease_server, reading_lease
 from workers.backup.manifest import Manifest, find_manifest, read_manifest
 from workers.backup.naming import MANIFEST_SUFFIX, BackupKind, KeyParts, manifest_key, parse_key
@@ -83,10 +83,7 @@ def cleanup_backups(
                 dry_run=dry_run,
                 after_manifests=after_manifests,
             )
-        for name in sweep_scratch_databases(server, dry_run=dry_run):
-            report.deletions.append(
-                Deletion("scratch_database", name, "stale_scratch_database", "no live restore drill holds it")
-            )
+        collect_scratch_databases(server, report)
     except Exception:
         if not dry_run:
             metrics.BACKUP_CLEANUP_LAST_FAILURE.set(time.time())

@@ -106,7 +106,7 @@ def _discard_leftovers(store: BackupStore, scope: str) -> None:
     # Called holding the scope's lock: an unfinished upload there belongs to a dead backup.
     discarded = store.discard_incomplete(scope)
     if discarded:
-        log.warning("unfinished uploads discarded", extra={"scope": scope, "count": discarded})
+        log.warning("unfinished uploads discarded", extra={"scope": scope, "keys": discarded})
 
 
 def take_full_backup(

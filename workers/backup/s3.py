@@ -259,11 +259,12 @@ class S3Store:
 
     def discard_incomplete(
         self, prefix: str, *, started_before: datetime | None = None, dry_run: bool = False
-    ) -> int:
+    ) -> list[str]:
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=self.object_name(prefix)
         )
-        removed = 0
+        base = f"{self.prefix}/" if self.prefix else ""
+        removed: list[str] = []
         try:
             for page in pages:
                 for upload in page.get("Uploads", []):
@@ -273,7 +274,7 @@ class S3Store:
                         self.client.abort_multipart_upload(
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
-                    removed += 1
+                    removed.append(str(upload["Key"])[len(base) :])
         except (BotoCoreError, ClientError) as exc:
             raise _translate(f"{self.url}/{prefix}", exc) from exc
         return removed

@@ -101,8 +101,7 @@ def sweep_scratch_databases(server: PostgresTarget, *, dry_run: bool = False) ->
                 if row and row[0]:
                     continue  # a live drill holds it
                 if not dry_run:
-                    _drop(conn, name)
-                    log.warning("stale scratch database dropped", extra={"database": name})
+                    _drop(conn, name)  # logged by the caller, once per database (cleanup) or per sweep (drill)
                 swept.append(name)
     except psycopg.OperationalError as exc:
         raise connection_error(server, exc) from exc

@@ -92,12 +92,13 @@ class BackupStore(Protocol):
 
     def discard_incomplete(
         self, prefix: str, *, started_before: datetime | None = None, dry_run: bool = False
-    ) -> int:
-        """Remove unfinished writes under prefix (a killed writer's leftovers); return how many.
+    ) -> list[str]:
+        """Remove unfinished writes under prefix (a killed writer's leftovers); return their keys.
 
         Only call this while holding the backup lock of the scope, or a live writer's upload is lost;
         or with started_before well in the past (cleanup), which leaves every recent upload alone.
-        dry_run counts without removing.
+        dry_run lists without removing. A key names the unfinished write itself (a local `.partial`
+        file, or the key of an S3 multipart upload), relative to the store's root.
         """
         ...
 
@@ -224,12 +225,12 @@ class LocalStore:
 
     def discard_incomplete(
         self, prefix: str, *, started_before: datetime | None = None, dry_run: bool = False
-    ) -> int:
+    ) -> list[str]:
         start = self.root / prefix
         if not start.is_dir():
-            return 0
-        removed = 0
-        for path in start.rglob(f".*{PARTIAL_SUFFIX}"):
+            return []
+        removed: list[str] = []
+        for path in sorted(start.rglob(f".*{PARTIAL_SUFFIX}")):
             if started_before is not None:
                 # ctime moves with every write: a partial file still being written always looks recent.
                 try:
@@ -240,7 +241,7 @@ class LocalStore:
                     continue
             if not dry_run:
                 path.unlink(missing_ok=True)
-            removed += 1
+            removed.append(path.relative_to(self.root).as_posix())
         return removed
 
     def probe(self) -> str:
