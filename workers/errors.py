@@ -66,6 +66,11 @@ class CommandFailed(CommandError):
         self.stderr_tail = stderr_tail
 
 
+class CommandInterrupted(CommandFailed, DatabaseUnavailable):
+    """A client program failed because the database was briefly unusable: its lock wait timed out behind
+    DDL, or the connection was refused or dropped. Safe to retry, so it is also a DatabaseUnavailable."""
+
+
 class CommandTimedOut(CommandError):
     def __init__(self, program: str, timeout_s: float) -> None:
         super().__init__(f"{program} did not finish within {timeout_s:g}s and was killed")

@@ -19,6 +19,7 @@ from celery.contrib.testing.worker import TestWorkController
 
 from tests.backup.conftest import free_port
 from tests.backup.test_full_backup import platform_settings
+from tests.conftest import PgServer
 from workers.app import create_app
 from workers.backup.lock import backup_lock
 from workers.backup.manifest import list_manifests
@@ -99,6 +100,28 @@ def test_an_unreachable_database_is_retried(
         with start_worker(app, pool="solo", perform_ping_check=False, queues=["backups"], shutdown_timeout=30):
             backup_full_task.delay()
             assert retries.wait(timeout=60), "the task was not retried"
+    finally:
+        close_app(app)
+
+
+def test_a_dump_blocked_by_ddl_is_retried(
+    pg: PgServer, ops_env: Callable[..., Settings], retries: threading.Event, redis_url: str
+) -> None:
+    source = pg.create_database(seed="create table t (x int);")
+    settings = platform_settings(ops_env, source, OPS_BACKUP_LOCK_WAIT_TIMEOUT_S="0.2")
+    app = create_app(settings, name="workers-test-retry-lock")
+    app.loader.import_default_modules()
+    app.set_current()
+    app.set_default()
+    from celery.contrib.testing.worker import start_worker
+
+    try:
+        with pg.connect(source) as ddl, ddl.transaction():
+            ddl.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")  # pg_dump's lock wait times out behind it
+            with start_worker(app, pool="solo", perform_ping_check=False, queues=["backups"], shutdown_timeout=30):
+                # No result subscription: a pending AsyncResult collected after close_app() reconnects to Redis.
+                backup_full_task.apply_async(ignore_result=True)
+                assert retries.wait(timeout=60), "the task was not retried"
     finally:
         close_app(app)
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ from sqlalchemy import select
 from tests.backup.test_cleanup import stored_backup
 from workers.backup.cleanup import CleanupReport
 from workers.backup.maintenance import cleanup_backups, org_sample, verify
+from workers.backup.maintenance_tasks import TRANSIENT as MAINTENANCE_TRANSIENT
 from workers.backup.manifest import Manifest, read_manifest, write_manifest
 from workers.backup.naming import BackupKind
 from workers.backup.operations import organization_ids, take_full_backup, take_org_backup
@@ -24,9 +28,9 @@ from workers.backup.s3 import S3Store
 from workers.backup.scratch import list_scratch_databases
 from workers.backup.storage import BackupStore, LocalStore, ObjectReader
 from workers.backup.verification import Reason, verification_of
-from workers.errors import BackupNotFound
+from workers.errors import BackupNotFound, CommandInterrupted
 from workers.settings import PostgresTarget, Settings
-from workers.state.db import create_state_engine
+from workers.state.db import create_state_engine, upgrade
 from workers.state.schema import backup_verifications
 
 Store = LocalStore | S3Store
@@ -55,6 +59,7 @@ def no_scratch_left(server: PostgresTarget) -> Iterator[None]:
 def state_rows(settings: Settings) -> list[dict[str, Any]]:
     engine = create_state_engine(settings.state_database_url.value)
     try:
+        upgrade(engine)  # the table exists only once something was recorded
         with engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(select(backup_verifications))]
     finally:
@@ -218,6 +223,33 @@ def test_partitioned_tables_and_materialized_views_verify_and_a_missing_partitio
         failed = verify(settings, manifest.id, store=local_store)
     assert (failed.outcome, failed.reason) == (Verification.FAILED, Reason.ROW_COUNT)
     assert failed.first_mismatch == "public.m_2026: restored but not listed in the manifest"
+
+
+def fake_bin_dir(tmp_path: Path, pg_restore_stderr: str) -> Path:
+    """A directory with the real pg_dump and a pg_restore that reads its input, then fails with this stderr."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pg_dump").symlink_to(shutil.which("pg_dump") or "/usr/bin/pg_dump")
+    script = bin_dir / "pg_restore"
+    script.write_text(f"#!/bin/sh\ncat > /dev/null\necho {shlex.quote(pg_restore_stderr)} >&2\nexit 1\n")
+    script.chmod(0o755)
+    return bin_dir
+
+
+def test_a_drill_server_that_drops_the_restore_is_no_verdict_and_is_retried(
+    local_store: LocalStore, drill_settings: Settings, ops_env: Callable[..., Settings], platform_db: PostgresTarget,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    manifest = take_full_backup(drill_settings, store=local_store)
+    dropped = "pg_restore: error: could not execute query: server closed the connection unexpectedly"
+    settings = ops_env(OPS_DATABASE_URL=url_of(platform_db), OPS_PG_BIN_DIR=str(fake_bin_dir(tmp_path, dropped)))
+
+    with no_scratch_left(platform_db), pytest.raises(CommandInterrupted) as caught:
+        verify(settings, manifest.id, store=local_store)
+
+    assert isinstance(caught.value, MAINTENANCE_TRANSIENT)  # backup.verify retries it
+    assert verification_of(local_store, manifest) is None  # an outage is not a verdict on the backup
+    assert state_rows(settings) == []
 
 
 def test_an_unknown_backup_id_is_a_usage_error(local_store: LocalStore, drill_settings: Settings) -> None:

@@ -7,20 +7,12 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from workers.backup.pg_messages import is_permanent
 from workers.errors import DatabaseAuthenticationFailed, DatabaseUnavailable
 from workers.settings import PostgresTarget
 
 CONNECT_TIMEOUT_S = 10
 APPLICATION_NAME = "ops-workers-backup"
-# libpq phrases that mean "these credentials or names are wrong": retrying cannot help.
-_PERMANENT = (
-    "password authentication failed",
-    "no password supplied",
-    "authentication failed",
-    "does not exist",
-    "no pg_hba.conf entry",
-    "permission denied",
-)
 
 
 def connection_error(target: PostgresTarget, exc: psycopg.Error) -> Exception:
@@ -28,7 +20,7 @@ def connection_error(target: PostgresTarget, exc: psycopg.Error) -> Exception:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, psycopg.errors.LockNotAvailable):
         return DatabaseUnavailable(f"{target.redacted()}: {text} (a lock is held, e.g. by DDL; retry later)")
-    if any(phrase in text for phrase in _PERMANENT):
+    if is_permanent(text):
         return DatabaseAuthenticationFailed(f"{target.redacted()}: {text}")
     return DatabaseUnavailable(f"{target.redacted()} unreachable: {text}")
 

@@ -31,6 +31,7 @@ from workers.backup.verification import Reason, VerificationResult
 from workers.errors import (
     ChecksumMismatch,
     CommandFailed,
+    CommandInterrupted,
     CommandTimedOut,
     CorruptBackup,
     ObjectNotFound,
@@ -175,6 +176,8 @@ def _drill(scratch: PostgresTarget, store: BackupStore, manifest: Manifest, opti
         raise _Mismatch(Reason.DOWNLOAD, str(exc)) from exc
     except CommandTimedOut as exc:
         raise _Mismatch(Reason.TIMEOUT, str(exc)) from exc
+    except CommandInterrupted:
+        raise  # the drill server was briefly unusable: no verdict on the backup, a DatabaseUnavailable (retry)
     except CommandFailed as exc:
         raise _Mismatch(Reason.RESTORE, f"{exc.program} exited with {exc.returncode}: {exc.stderr_tail}") from exc
     return compare_row_counts(scratch, manifest.tables, exhaustive=manifest.kind is BackupKind.FULL)
