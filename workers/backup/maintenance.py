@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from workers import metrics
 from workers.backup.cleanup import CleanupReport, collect_scratch_databases, prune
 from workers.backup.lease import deletion_claims, lease_server, reading_lease
+from workers.backup.lock import held_backup_locks
 from workers.backup.manifest import Manifest, find_manifest, read_manifest
 from workers.backup.naming import MANIFEST_SUFFIX, BackupKind, KeyParts, manifest_key, parse_key
 from workers.backup.process import find_program
@@ -82,6 +83,8 @@ def cleanup_backups(
                 orphan_grace=timedelta(seconds=settings.backup.orphan_grace_s),
                 dry_run=dry_run,
                 after_manifests=after_manifests,
+                # Backups lock their scope on the platform database (operations.take_*_backup).
+                running=lambda scopes: held_backup_locks(settings.platform_database(), scopes),
             )
         collect_scratch_databases(server, report)
     except Exception:

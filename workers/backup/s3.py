@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
@@ -268,7 +268,12 @@ class S3Store:
             )
 
     def discard_incomplete(
-        self, prefix: str, *, started_before: datetime | None = None, dry_run: bool = False
+        self,
+        prefix: str,
+        *,
+        started_before: datetime | None = None,
+        dry_run: bool = False,
+        spare: Collection[str] = (),
     ) -> list[str]:
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=self.object_name(prefix)
@@ -278,13 +283,16 @@ class S3Store:
         try:
             for page in pages:
                 for upload in page.get("Uploads", []):
+                    key = str(upload["Key"])[len(base) :]
                     if started_before is not None and upload["Initiated"] >= started_before:
+                        continue
+                    if key.startswith(tuple(spare)):
                         continue
                     if not dry_run:
                         self.client.abort_multipart_upload(
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
-                    removed.append(str(upload["Key"])[len(base) :])
+                    removed.append(key)
         except (BotoCoreError, ClientError) as exc:
             raise _translate(f"{self.url}/{prefix}", exc) from exc
         return removed
