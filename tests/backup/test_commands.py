@@ -10,7 +10,8 @@ from pathlib import Path
 import redis
 
 from tests.backup.conftest import MotoServer, free_port
-from tests.conftest import subprocess_env
+from tests.backup.test_org_backup import ACME, WITH_AUDIT_LOG
+from tests.conftest import PgServer, subprocess_env
 from workers.settings import PostgresTarget
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +66,19 @@ def test_bad_organization_id_exits_2_and_stores_nothing(
     result = ops(env, "backup", "org", "x' OR '1'='1", "--json")
     assert result.returncode == 2
     assert "OPS_TENANT_ID_PATTERN" in result.stderr
+    assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").rglob("*.zst"))
+
+
+def test_a_tenant_table_without_the_tenant_column_exits_2_and_stores_nothing(
+    base_env: dict[str, str], pg: PgServer, tmp_path: Path
+) -> None:
+    source = pg.create_database(seed=WITH_AUDIT_LOG)
+    env = {**platform_env(base_env, source), "OPS_TENANT_TABLES": "organizations,molecules,audit_log"}
+    result = ops(env, "backup", "org", ACME)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith("error: tenant table") and "Traceback" not in result.stderr
+    assert "'audit_log'" in line and "OPS_TENANT_TABLES" in line and "OPS_TENANT_COLUMN" in line
     assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").rglob("*.zst"))
 
 
