@@ -90,6 +90,10 @@ class DatabaseAuthenticationFailed(WorkersError):
     """PostgreSQL refused our credentials (or the role/database does not exist). Retrying won't help."""
 
 
+class DatabaseRefused(WorkersError):
+    """PostgreSQL rejected a statement for a reason a retry cannot change (a missing privilege, say)."""
+
+
 class StorageFull(WorkersError):
     """The backup store ran out of space; nothing was published."""
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from workers.backup.connection import connect, connection_error
+from workers.backup.connection import connect, database_error
 from workers.errors import AlreadyRunning
 from workers.settings import PostgresTarget
 
@@ -39,6 +39,7 @@ def backup_lock(target: PostgresTarget, scope: str) -> Iterator[None]:
     Raises:
         AlreadyRunning: another session holds it; nothing was done.
         DatabaseUnavailable, DatabaseAuthenticationFailed: the database could not be reached.
+        DatabaseRefused: the role may not take advisory locks there.
     """
     conn = connect(target, autocommit=True)
     try:
@@ -47,8 +48,8 @@ def backup_lock(target: PostgresTarget, scope: str) -> Iterator[None]:
             raise AlreadyRunning(f"a backup of {scope}")
         log.debug("backup lock taken", extra={"scope": scope})
         yield
-    except psycopg.OperationalError as exc:
-        raise connection_error(target, exc) from exc
+    except psycopg.Error as exc:
+        raise database_error(target, exc) from exc
     finally:
         conn.close()  # ends the session, which releases the lock
 
@@ -64,8 +65,8 @@ def held_backup_locks(target: PostgresTarget, scopes: Collection[str]) -> set[st
     conn = connect(target, autocommit=True)
     try:
         rows = conn.execute(_HELD, (sorted(scopes), LOCK_NAMESPACE)).fetchall()
-    except psycopg.OperationalError as exc:
-        raise connection_error(target, exc) from exc
+    except psycopg.Error as exc:
+        raise database_error(target, exc) from exc
     finally:
         conn.close()
     return {str(row[0]) for row in rows}

@@ -30,6 +30,7 @@ from workers.errors import (
     CommandTimedOut,
     ConfigError,
     DatabaseAuthenticationFailed,
+    DatabaseRefused,
     DatabaseUnavailable,
     StorageFull,
     StorageRefused,
@@ -47,6 +48,7 @@ REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (UsageError, "usage"),
     (ConfigError, "config"),  # e.g. OPS_DATABASE_URL not set on the worker
     (DatabaseAuthenticationFailed, "database_auth"),
+    (DatabaseRefused, "database_refused"),
     (DatabaseUnavailable, "database_unavailable"),
     (StorageFull, "storage_full"),
     (StorageRefused, "storage_refused"),

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from workers.backup.connection import connect, connection_error
+from workers.backup.connection import connect, database_error
 from workers.settings import PostgresTarget
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def exported_snapshot(
 
     Raises:
         DatabaseUnavailable, DatabaseAuthenticationFailed: connecting failed or the connection dropped.
+        DatabaseRefused: a statement in the snapshot was refused, e.g. the role may not read a table.
     """
     conn = connect(target)
     try:
@@ -80,7 +81,7 @@ def exported_snapshot(
         log.debug("snapshot exported", extra={"snapshot": snapshot.snapshot_id})
         yield snapshot
         conn.rollback()  # read only: nothing to commit; ending the transaction releases the snapshot
-    except psycopg.OperationalError as exc:
-        raise connection_error(target, exc) from exc
+    except psycopg.Error as exc:
+        raise database_error(target, exc) from exc
     finally:
         conn.close()
