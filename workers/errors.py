@@ -140,6 +140,17 @@ class CorruptBackup(WorkersError):
     """A stored backup cannot be decoded although its checksum matches (a bug or a foreign object)."""
 
 
+class RowCountMismatch(CorruptBackup):
+    """A table restored from a backup holds another number of rows than its manifest says; nothing committed."""
+
+    def __init__(self, key: str, table: str, restored: int, expected: int) -> None:
+        super().__init__(f"{key}: {table}: {restored} rows restored, the manifest says {expected}")
+        self.key = key
+        self.table = table
+        self.restored = restored
+        self.expected = expected
+
+
 class InvalidAlert(WorkersError):
     """A webhook body that can never be accepted as sent; names the offending field."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,24 @@ def test_verify_exits_0_when_verified_and_1_naming_the_first_mismatch(
     assert failed.returncode == 1
     assert "FAILED full backup" in failed.stdout
     assert "public.docking_jobs" in failed.stdout and "the manifest says 7" in failed.stdout
+
+
+def test_a_drill_that_cannot_run_exits_1_and_backup_show_carries_it(
+    drill_env: dict[str, str], ops_env: Callable[..., Settings], tmp_path: Path
+) -> None:
+    manifest = take_full_backup(ops_env(**drill_env))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pg_dump").symlink_to(shutil.which("pg_dump") or "/usr/bin/pg_dump")  # and no pg_restore
+    failed = ops({**drill_env, "OPS_PG_BIN_DIR": str(bin_dir)}, "backup", "verify", manifest.id)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[-1].startswith("error: ") and "pg_restore not found" in failed.stderr
+
+    shown = ops(drill_env, "backup", "show", manifest.id)
+    assert "verification: FAILED" in shown.stdout and "(drill_error)" in shown.stdout, shown.stdout
+    history = json.loads(ops(drill_env, "backup", "show", manifest.id, "--json").stdout)["verification_history"]
+    assert [(h["outcome"], h["reason"]) for h in history] == [("failed", "drill_error")]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import threading
@@ -17,6 +18,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from tests.backup.test_cleanup import stored_backup
+from tests.backup.test_org_backup import ACME, WITH_AUDIT_LOG
 from workers.backup.cleanup import CleanupReport
 from workers.backup.maintenance import cleanup_backups, org_sample, verify
 from workers.backup.maintenance_tasks import TRANSIENT as MAINTENANCE_TRANSIENT
@@ -28,7 +30,13 @@ from workers.backup.s3 import S3Store
 from workers.backup.scratch import list_scratch_databases
 from workers.backup.storage import BackupStore, LocalStore, ObjectReader
 from workers.backup.verification import Reason, verification_of
-from workers.errors import BackupNotFound, CommandInterrupted
+from workers.errors import (
+    BackupNotFound,
+    CommandInterrupted,
+    CommandNotFound,
+    DatabaseAuthenticationFailed,
+    UsageError,
+)
 from workers.settings import PostgresTarget, Settings
 from workers.state.db import create_state_engine, upgrade
 from workers.state.schema import backup_verifications
@@ -250,6 +258,71 @@ def test_a_drill_server_that_drops_the_restore_is_no_verdict_and_is_retried(
     assert isinstance(caught.value, MAINTENANCE_TRANSIENT)  # backup.verify retries it
     assert verification_of(local_store, manifest) is None  # an outage is not a verdict on the backup
     assert state_rows(settings) == []
+
+
+def test_an_org_backup_whose_rows_disagree_with_the_manifest_names_the_table(
+    local_store: LocalStore, drill_settings: Settings, platform_db: PostgresTarget
+) -> None:
+    manifest = take_org_backup(drill_settings, organization_ids(drill_settings)[2], store=local_store)
+    write_manifest(local_store, recount(manifest, {**manifest.tables, "public.pipelines": 99}))
+    with no_scratch_left(platform_db):
+        result = verify(drill_settings, manifest.id, store=local_store)
+    assert (result.outcome, result.reason) == (Verification.FAILED, Reason.ROW_COUNT)
+    restored = manifest.tables["public.pipelines"]
+    assert result.first_mismatch == f"{manifest.key}: public.pipelines: {restored} rows restored, the manifest says 99"
+
+
+def only_pg_dump(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "only-pg-dump"
+    bin_dir.mkdir()
+    (bin_dir / "pg_dump").symlink_to(shutil.which("pg_dump") or "/usr/bin/pg_dump")
+    return bin_dir
+
+
+DRILL_ERRORS: list[tuple[str, BackupKind, Callable[[Path], dict[str, str]], type[Exception], str]] = [
+    ("pg_restore missing", BackupKind.FULL, lambda tmp: {"OPS_PG_BIN_DIR": str(only_pg_dump(tmp))},
+     CommandNotFound, "pg_restore not found"),
+    ("drill role refused", BackupKind.FULL,
+     lambda _: {"OPS_BACKUP_VERIFY_DATABASE_URL": "postgresql://ops_no_such_role@127.0.0.1:5432/postgres"},
+     DatabaseAuthenticationFailed, 'role "ops_no_such_role" does not exist'),
+    ("tenant column missing", BackupKind.ORG, lambda _: {"OPS_TENANT_COLUMN": "tenant_id"},
+     UsageError, "has no column 'tenant_id' (OPS_TENANT_COLUMN)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "breakage", "error", "message"), [d[1:] for d in DRILL_ERRORS], ids=[d[0] for d in DRILL_ERRORS]
+)
+def test_a_drill_that_cannot_run_is_recorded_and_counted_as_a_drill_error(
+    kind: BackupKind,
+    breakage: Callable[[Path], dict[str, str]],
+    error: type[Exception],
+    message: str,
+    pg: Any,
+    ops_env: Callable[..., Settings],
+    local_store: LocalStore,
+    tmp_path: Path,
+) -> None:
+    source = pg.create_database(seed=WITH_AUDIT_LOG)
+    env = {"OPS_DATABASE_URL": url_of(source), "OPS_TENANT_TABLES": "organizations,molecules"}
+    good = ops_env(**env)
+    manifest = take_full_backup(good, store=local_store) if kind is BackupKind.FULL else (
+        take_org_backup(good, ACME, store=local_store)
+    )  # fmt: skip
+    settings = ops_env(**env, **breakage(tmp_path))
+    before = metric("ops_backup_verify_failures_total", kind=str(kind), reason="drill_error")
+
+    with no_scratch_left(source), pytest.raises(error, match=re.escape(message)):
+        verify(settings, manifest.id, store=local_store)
+
+    stored = verification_of(local_store, manifest)
+    assert stored is not None and (stored.outcome, stored.reason) == (Verification.FAILED, Reason.DRILL_ERROR)
+    assert stored.first_mismatch is not None and message in stored.first_mismatch
+    [row] = state_rows(settings)
+    assert (row["backup_id"], row["outcome"], row["reason"]) == (manifest.id, "failed", "drill_error")
+    assert metric("ops_backup_verify_failures_total", kind=str(kind), reason="drill_error") == before + 1
+    last_failure = metric("ops_backup_verify_last_failure_timestamp_seconds", kind=str(kind))
+    assert last_failure >= stored.finished_at.timestamp() - 1
 
 
 def test_an_unknown_backup_id_is_a_usage_error(local_store: LocalStore, drill_settings: Settings) -> None:

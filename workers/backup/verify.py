@@ -36,6 +36,7 @@ from workers.errors import (
     CorruptBackup,
     ObjectNotFound,
     RestoreFailed,
+    RowCountMismatch,
 )
 from workers.settings import PostgresTarget
 
@@ -166,10 +167,10 @@ def _drill(scratch: PostgresTarget, store: BackupStore, manifest: Manifest, opti
             restore_org_archive(scratch, store, manifest, options)
     except ChecksumMismatch as exc:
         raise _Mismatch(Reason.CHECKSUM, str(exc)) from exc
+    except RowCountMismatch as exc:  # restore_org compares what it loaded with the manifest's counts itself
+        raise _Mismatch(Reason.ROW_COUNT, str(exc)) from exc
     except CorruptBackup as exc:
-        # restore_org compares what it loaded with the manifest's counts itself and says so.
-        reason = Reason.ROW_COUNT if "differ from the manifest" in str(exc) else Reason.DECODE
-        raise _Mismatch(reason, str(exc)) from exc
+        raise _Mismatch(Reason.DECODE, str(exc)) from exc
     except RestoreFailed as exc:
         raise _Mismatch(Reason.RESTORE, str(exc)) from exc
     except ObjectNotFound as exc:
@@ -197,7 +198,8 @@ def verify_backup(
 
     Raises:
         StorageUnavailable: the store could not be read (says nothing about the backup; retry).
-        DatabaseUnavailable, DatabaseAuthenticationFailed: the drill server could not be used.
+        DatabaseUnavailable, DatabaseAuthenticationFailed, DatabaseRefused: the drill server could not be used.
+        UsageError: an org backup's tables do not fit the configured tenant tables.
     """
     started_at = clock()
     reason: Reason | None = None
