@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from workers.backup.manifest import list_manifests
 from workers.backup.naming import BackupKind, scope_prefix
 from workers.backup.storage import LocalStore, open_store
 from workers.backup.tasks import backup_all_orgs_task, backup_full_task, backup_org_task
-from workers.errors import AlreadyRunning, InvalidOrganizationId
+from workers.errors import AlreadyRunning, CommandNotFound, InvalidOrganizationId
 from workers.metrics import registry_for
 from workers.settings import PostgresTarget, Settings
 
@@ -72,6 +73,26 @@ def test_permanent_errors_fail_at_once_without_retry(
         with pytest.raises(AlreadyRunning):
             overlapping.get(timeout=60)
     assert list(open_store(settings.backup).list_objects()) == []
+
+
+def test_a_failed_backup_is_logged_once_by_the_worker_with_its_cause(
+    settings: Settings, worker_app: Celery, celery_worker: TestWorkController, platform_db: PostgresTarget,
+    ops_env: Callable[..., Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    platform_settings(ops_env, platform_db, OPS_PG_BIN_DIR=str(empty_bin))  # what the task reads when it runs
+    caplog.set_level(logging.INFO)
+
+    result = backup_full_task.delay()
+    with pytest.raises(CommandNotFound):
+        result.get(timeout=60)
+
+    # Celery's tracer handles it (the retry policy said: permanent) and logs it, with the traceback;
+    # the operation below it only counted it.
+    [logged] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert logged.name == "celery.app.trace"
+    assert logged.exc_info is not None and isinstance(logged.exc_info[1], CommandNotFound)
 
 
 @pytest.fixture
