@@ -59,6 +59,7 @@ def held_backup_locks(target: PostgresTarget, scopes: Collection[str]) -> set[st
 
     Raises:
         DatabaseUnavailable, DatabaseAuthenticationFailed: the database could not be reached.
+        DatabaseRefused: the server refused the query.
     """
     if not scopes:
         return set()
