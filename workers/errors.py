@@ -66,6 +66,11 @@ class CommandFailed(CommandError):
         self.stderr_tail = stderr_tail
 
 
+class CommandInterrupted(CommandFailed, DatabaseUnavailable):
+    """A client program failed because the database was briefly unusable: its lock wait timed out behind
+    DDL, or the connection was refused or dropped. Safe to retry, so it is also a DatabaseUnavailable."""
+
+
 class CommandTimedOut(CommandError):
     def __init__(self, program: str, timeout_s: float) -> None:
         super().__init__(f"{program} did not finish within {timeout_s:g}s and was killed")
@@ -83,6 +88,10 @@ class AlreadyRunning(WorkersError):
 
 class DatabaseAuthenticationFailed(WorkersError):
     """PostgreSQL refused our credentials (or the role/database does not exist). Retrying won't help."""
+
+
+class DatabaseRefused(WorkersError):
+    """PostgreSQL rejected a statement for a reason a retry cannot change (a missing privilege, say)."""
 
 
 class StorageFull(WorkersError):
@@ -129,6 +138,17 @@ class ObjectNotFound(WorkersError):
 
 class CorruptBackup(WorkersError):
     """A stored backup cannot be decoded although its checksum matches (a bug or a foreign object)."""
+
+
+class RowCountMismatch(CorruptBackup):
+    """A table restored from a backup holds another number of rows than its manifest says; nothing committed."""
+
+    def __init__(self, key: str, table: str, restored: int, expected: int) -> None:
+        super().__init__(f"{key}: {table}: {restored} rows restored, the manifest says {expected}")
+        self.key = key
+        self.table = table
+        self.restored = restored
+        self.expected = expected
 
 
 class InvalidAlert(WorkersError):

@@ -526,10 +526,21 @@ def _read_backup(r: _Reader) -> BackupSettings:
         re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tenant_column) is not None,
         "must be a plain column name",
     )
+    dump_timeout_s = r.seconds("OPS_BACKUP_DUMP_TIMEOUT_S", 6 * 3600.0, minimum=1)
+    orphan_grace_s = r.seconds("OPS_BACKUP_ORPHAN_GRACE_S", 86400.0)
+    # S3 dates a multipart object from the start of its upload: a dump that ran for longer than the
+    # grace would be an "old" object without a manifest, i.e. garbage, before its manifest is written.
+    if not any(p.startswith(("OPS_BACKUP_DUMP_TIMEOUT_S:", "OPS_BACKUP_ORPHAN_GRACE_S:")) for p in r.problems):
+        r.check(
+            "OPS_BACKUP_ORPHAN_GRACE_S",
+            orphan_grace_s > dump_timeout_s,
+            f"must be larger than OPS_BACKUP_DUMP_TIMEOUT_S ({orphan_grace_s:g} <= {dump_timeout_s:g}), or cleanup"
+            " may take a backup still being written for an orphan",
+        )
     return BackupSettings(
         store=r._convert("OPS_BACKUP_STORE", _store_url("file://./var/backups"), _store_url),
         s3=_read_s3(r),
-        dump_timeout_s=r.seconds("OPS_BACKUP_DUMP_TIMEOUT_S", 6 * 3600.0, minimum=1),
+        dump_timeout_s=dump_timeout_s,
         lock_wait_timeout_s=r.seconds("OPS_BACKUP_LOCK_WAIT_TIMEOUT_S", 30.0, minimum=0.1),
         zstd_level=r.integer("OPS_BACKUP_ZSTD_LEVEL", 3, minimum=1, maximum=19),
         zstd_threads=r.integer("OPS_BACKUP_ZSTD_THREADS", 2, minimum=0, maximum=64),
@@ -541,7 +552,7 @@ def _read_backup(r: _Reader) -> BackupSettings:
         keep_weekly=r.integer("OPS_BACKUP_KEEP_WEEKLY", 0),
         keep_monthly=r.integer("OPS_BACKUP_KEEP_MONTHLY", 0),
         keep_min=r.integer("OPS_BACKUP_KEEP_MIN", 3, minimum=1),
-        orphan_grace_s=r.seconds("OPS_BACKUP_ORPHAN_GRACE_S", 86400.0),
+        orphan_grace_s=orphan_grace_s,
         verify_org_sample=r.integer("OPS_BACKUP_VERIFY_ORG_SAMPLE", 3),
         pg_bin_dir=r._convert("OPS_PG_BIN_DIR", None, _directory),
         verify_database=r._convert("OPS_BACKUP_VERIFY_DATABASE_URL", None, parse_postgres_url),

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.conftest import require
 from workers.backup.s3 import S3Store
 from workers.backup.storage import LocalStore
 from workers.demo import SeedSize, seed
@@ -202,11 +203,22 @@ class PasswordServer:
     target: PostgresTarget  # with the right password
 
 
+PG_SERVER_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+
+
+def _can_start_a_private_cluster() -> None:
+    if os.geteuid() != 0:
+        raise RuntimeError("starting a private PostgreSQL cluster needs root (initdb runs as user postgres)")
+    if not (PG_SERVER_BIN_DIR / "initdb").is_file():
+        raise RuntimeError(f"no PostgreSQL 15 server binaries in {PG_SERVER_BIN_DIR} (package postgresql-15)")
+
+
 @pytest.fixture(scope="session")
 def password_pg(pg_admin: PostgresTarget) -> Iterator[PasswordServer]:
-    bin_dir = Path("/usr/lib/postgresql/15/bin")
-    if os.geteuid() != 0 or not (bin_dir / "initdb").is_file():
-        pytest.skip("needs root and the PostgreSQL 15 server binaries to start a private cluster")
+    # Like every service fixture: skipped on a laptop without it, a failure in CI, so the
+    # wrong-password test can never turn green by not running.
+    require("a private password-checking PostgreSQL cluster", _can_start_a_private_cluster)
+    bin_dir = PG_SERVER_BIN_DIR
     import pwd
 
     postgres = pwd.getpwnam("postgres")

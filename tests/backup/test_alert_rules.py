@@ -32,7 +32,7 @@ def run_promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_backup_rules_are_valid() -> None:
     result = run_promtool("check", "rules", RULES)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 rules found" in result.stdout
+    assert "5 rules found" in result.stdout
 
 
 def test_backup_rule_unit_tests_pass() -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -15,8 +16,10 @@ from psycopg import sql
 from tests.conftest import PgServer
 from workers.backup.cleanup import CleanupReport, prune
 from workers.backup.lease import deletion_claims, reading_lease
+from workers.backup.lock import backup_lock, held_backup_locks
+from workers.backup.maintenance import cleanup_backups
 from workers.backup.manifest import Manifest, list_manifests, write_manifest
-from workers.backup.naming import BackupKind, new_backup_id, object_key
+from workers.backup.naming import BackupKind, new_backup_id, object_key, scope_prefix
 from workers.backup.retention import Policy, Verification
 from workers.backup.s3 import S3Store
 from workers.backup.scratch import (
@@ -27,8 +30,8 @@ from workers.backup.scratch import (
 )
 from workers.backup.storage import PARTIAL_SUFFIX, BackupStore, LocalStore
 from workers.backup.verification import Reason, VerificationResult, verification_key, write_verification
-from workers.errors import BackupInUse
-from workers.settings import PostgresTarget
+from workers.errors import BackupInUse, ConfigError
+from workers.settings import PostgresTarget, Settings, load_settings
 
 Store = LocalStore | S3Store
 STORES = ["local", "s3"]
@@ -254,7 +257,7 @@ def test_incomplete_multipart_uploads_older_than_a_day_are_aborted(s3_store: S3S
     assert len(client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", [])) == 1
 
     report = run_prune(s3_store, pg_admin, now=initiated + timedelta(days=1, minutes=5))
-    assert report.count("incomplete_upload") == 1
+    assert [(d.what, d.key) for d in report.deletions] == [("incomplete_upload", name.removeprefix("platform/"))]
     assert client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", []) == []
 
 
@@ -262,11 +265,151 @@ def test_stale_partial_files_of_the_local_store_are_removed(local_store: LocalSt
     final = local_store.root / object_key(BackupKind.FULL, "platform", new_backup_id(NOW, "ccccdddd"))
     # What a writer killed mid-way (SIGKILL: no cleanup ran) leaves behind.
     final.parent.mkdir(parents=True)
-    (final.parent / f".{final.name}.0123abcd{PARTIAL_SUFFIX}").write_bytes(b"half a dump")
+    partial = final.parent / f".{final.name}.0123abcd{PARTIAL_SUFFIX}"
+    partial.write_bytes(b"half a dump")
     assert run_prune(local_store, pg_admin).count("incomplete_upload") == 0
     report = run_prune(local_store, pg_admin, now=datetime.now(UTC) + timedelta(days=1, minutes=5))
-    assert report.count("incomplete_upload") == 1
+    assert [(d.what, d.key) for d in report.deletions] == [
+        ("incomplete_upload", partial.relative_to(local_store.root).as_posix())
+    ]
     assert not list(local_store.root.rglob("*.partial"))
+
+
+def test_each_deletion_is_logged_once_with_its_key_and_rule_and_a_dry_run_logs_none(
+    local_store: LocalStore, pg_admin: PostgresTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    for d in (0, 1, 2):
+        stored_backup(local_store, d, verified=Verification.OK)
+    expired = stored_backup(local_store, 40)
+    orphan = object_key(BackupKind.FULL, "platform", new_backup_id(NOW, "0badf00d"))
+    local_store.put_bytes(orphan, b"an object whose manifest was never written")
+    partial = local_store.root / "full/platform/2026/01/01/.x.dump.zst.0123abcd.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"half a dump")
+    later = datetime.now(UTC) + GRACE + timedelta(minutes=5)
+    caplog.set_level(logging.INFO, logger="workers.backup.cleanup")
+
+    run_prune(local_store, pg_admin, now=later, dry_run=True)
+    assert [r for r in caplog.records if r.getMessage() == "backup deleted"] == []
+
+    report = run_prune(local_store, pg_admin, now=later)
+    logged = [
+        (r.what, r.key, r.rule)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "backup deleted"
+    ]
+    assert logged == [(d.what, d.key, d.rule) for d in report.deletions]
+    assert logged == [
+        ("backup", expired.key, "expired"),
+        ("orphan", orphan, "orphan_object"),
+        ("incomplete_upload", "full/platform/2026/01/01/.x.dump.zst.0123abcd.partial", "incomplete_upload"),
+    ]
+
+
+def url_of(target: PostgresTarget) -> str:
+    return f"postgresql://{target.user}@{target.host}:{target.port}/{target.dbname}"
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_held_backup_lock_protects_an_old_orphan_and_releasing_it_lets_cleanup_remove_it(
+    kind: str, make_store: Callable[[str], Store], pg_admin: PostgresTarget, ops_env: Callable[..., Settings]
+) -> None:
+    settings = ops_env(OPS_DATABASE_URL=url_of(pg_admin))
+    store = make_store(kind)
+    # A backup that has stored its object and not yet its manifest (S3 dates a multipart object from
+    # the start of its upload, so a long one looks old), and an orphan of another scope.
+    writing = object_key(BackupKind.FULL, "platform", new_backup_id(NOW, "1234abcd"))
+    store.put_bytes(writing, b"a complete object whose manifest is about to be written")
+    elsewhere = object_key(BackupKind.FULL, "other", new_backup_id(NOW, "5678abcd"))
+    store.put_bytes(elsewhere, b"a dead backup's object")
+    later = datetime.now(UTC) + GRACE + timedelta(minutes=5)
+
+    with backup_lock(settings.platform_database(), scope_prefix(BackupKind.FULL, "platform")):
+        report = cleanup_backups(settings, store=store, now=later)
+        assert [(d.what, d.key) for d in report.deletions if d.what == "orphan"] == [("orphan", elsewhere)]
+        assert report.skipped_in_progress == [writing]
+        assert writing in keys(store)
+
+    report = cleanup_backups(settings, store=store, now=later)
+    assert [(d.what, d.key, d.rule) for d in report.deletions if d.what == "orphan"] == [
+        ("orphan", writing, "orphan_object")
+    ]
+    assert writing not in keys(store)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_held_backup_lock_protects_an_unfinished_upload_older_than_a_day(
+    kind: str, make_store: Callable[[str], Store], pg_admin: PostgresTarget
+) -> None:
+    store = make_store(kind)
+    name = object_key(BackupKind.ORG, "platform", new_backup_id(NOW, "aaaabbbb"), "org-1")
+    if isinstance(store, S3Store):
+        store.client.create_multipart_upload(Bucket=store.bucket, Key=store.object_name(name))
+        [upload] = store.client.list_multipart_uploads(Bucket=store.bucket)["Uploads"]
+        # moto reports one fixed Initiated time for every upload; the clock is ours, so move it instead.
+        later = upload["Initiated"].astimezone(UTC) + timedelta(days=1, minutes=5)
+        unfinished = name
+    else:
+        partial = store.root / name
+        partial = partial.with_name(f".{partial.name}.0123abcd{PARTIAL_SUFFIX}")
+        partial.parent.mkdir(parents=True)
+        partial.write_bytes(b"half a dump, still being written")
+        later = datetime.now(UTC) + timedelta(days=1, minutes=5)
+        unfinished = partial.relative_to(store.root).as_posix()
+    scope = scope_prefix(BackupKind.ORG, "platform", "org-1")
+
+    def running(scopes: Collection[str]) -> set[str]:
+        return held_backup_locks(pg_admin, scopes)
+
+    with backup_lock(pg_admin, scope):
+        report = run_prune(store, pg_admin, now=later, running=running)
+        assert report.deletions == [] and report.skipped_in_progress == [unfinished]
+        assert store.discard_incomplete("", dry_run=True) == [unfinished]
+
+    report = run_prune(store, pg_admin, now=later, running=running)
+    assert [(d.what, d.key) for d in report.deletions] == [("incomplete_upload", unfinished)]
+    assert store.discard_incomplete("", dry_run=True) == []
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_an_object_whose_manifest_appears_during_cleanup_is_not_an_orphan(
+    kind: str, make_store: Callable[[str], Store], pg_admin: PostgresTarget
+) -> None:
+    store = make_store(kind)
+    manifest = stored_backup(store, 0)
+    store.delete(manifest.manifest_key)  # listed as an object without a manifest ...
+
+    def backup_finishes(scopes: Collection[str]) -> set[str]:
+        # ... and, by the time cleanup asks whether its scope is locked, the backup has published its
+        # manifest and let its lock go.
+        write_manifest(store, manifest)
+        return set()
+
+    report = run_prune(store, pg_admin, now=NOW + GRACE * 2, running=backup_finishes)
+    assert report.deletions == []
+    assert manifest.id in ids(store)
+
+
+@pytest.mark.parametrize(
+    ("grace", "timeout", "problem"),
+    [
+        ("86400", None, None),  # the defaults: a day against six hours
+        ("7201", "7200", None),
+        ("7200", "7200", "OPS_BACKUP_ORPHAN_GRACE_S: must be larger than OPS_BACKUP_DUMP_TIMEOUT_S (7200 <= 7200)"),
+        ("3600", None, "OPS_BACKUP_ORPHAN_GRACE_S: must be larger than OPS_BACKUP_DUMP_TIMEOUT_S (3600 <= 21600)"),
+    ],
+)
+def test_the_orphan_grace_must_exceed_the_dump_timeout(grace: str, timeout: str | None, problem: str | None) -> None:
+    environ = {"OPS_BACKUP_ORPHAN_GRACE_S": grace}
+    if timeout is not None:
+        environ["OPS_BACKUP_DUMP_TIMEOUT_S"] = timeout
+    if problem is None:
+        assert load_settings(environ).backup.orphan_grace_s == float(grace)
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    [reported] = caught.value.problems
+    assert reported.startswith(problem)
 
 
 def test_stale_scratch_databases_are_dropped_and_live_ones_kept(pg_admin: PostgresTarget) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import redis
 
 from tests.backup.conftest import MotoServer, free_port
-from tests.conftest import subprocess_env
+from tests.backup.test_org_backup import ACME, WITH_AUDIT_LOG
+from tests.conftest import PgServer, subprocess_env
 from workers.settings import PostgresTarget
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +67,33 @@ def test_bad_organization_id_exits_2_and_stores_nothing(
     assert result.returncode == 2
     assert "OPS_TENANT_ID_PATTERN" in result.stderr
     assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").rglob("*.zst"))
+
+
+def test_a_tenant_table_without_the_tenant_column_exits_2_and_stores_nothing(
+    base_env: dict[str, str], pg: PgServer, tmp_path: Path
+) -> None:
+    source = pg.create_database(seed=WITH_AUDIT_LOG)
+    env = {**platform_env(base_env, source), "OPS_TENANT_TABLES": "organizations,molecules,audit_log",
+           "OPS_LOG_LEVEL": "INFO"}  # fmt: skip
+    result = ops(env, "backup", "org", ACME)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.splitlines()  # one line, no traceback
+    assert line.startswith("error: tenant table")
+    assert "'audit_log'" in line and "OPS_TENANT_TABLES" in line and "OPS_TENANT_COLUMN" in line
+    assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").rglob("*.zst"))
+
+
+def test_a_failed_backup_is_one_line_on_stderr(
+    base_env: dict[str, str], platform_db: PostgresTarget, tmp_path: Path
+) -> None:
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    env = {**platform_env(base_env, platform_db), "OPS_PG_BIN_DIR": str(empty_bin), "OPS_LOG_LEVEL": "INFO"}
+    result = ops(env, "backup", "full")
+    assert result.returncode == 1
+    # main() handles the failure and says so once; nothing below it logs the same failure again.
+    assert result.stderr.splitlines() == [f"error: {empty_bin}/pg_dump not found on PATH; install it"
+                                          " (e.g. the postgresql-client package)"]  # fmt: skip
 
 
 def test_unknown_backup_id_exits_2(base_env: dict[str, str], platform_db: PostgresTarget) -> None:

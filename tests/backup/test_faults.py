@@ -14,15 +14,19 @@ from prometheus_client import REGISTRY
 
 from tests.backup.conftest import MotoServer, PasswordServer, free_port
 from tests.backup.test_full_backup import platform_settings
+from tests.conftest import PgServer
 from workers.backup.operations import take_full_backup
 from workers.backup.s3 import MIB, S3Store
 from workers.backup.storage import LocalStore
+from workers.backup.tasks import TRANSIENT
 from workers.errors import (
     CommandFailed,
+    CommandInterrupted,
     CommandNotFound,
     DatabaseAuthenticationFailed,
     DatabaseUnavailable,
     StorageFull,
+    StorageRefused,
     StorageUnavailable,
 )
 from workers.settings import PostgresTarget, Settings
@@ -73,6 +77,40 @@ def test_wrong_password_is_permanent_and_never_shows_the_password(
     # The right password, given the same way, works: the password reaches pg_dump through PGPASSWORD.
     settings = ops_env(OPS_DATABASE_URL=f"postgresql://{t.user}:right-password@{t.host}:{t.port}/{t.dbname}")
     assert take_full_backup(settings, store=local_store).tables["public.organizations"] == 3
+
+
+def test_a_lock_held_by_ddl_is_a_transient_failure_and_stores_nothing(
+    pg: PgServer, local_store: LocalStore, ops_env: Callable[..., Settings]
+) -> None:
+    source = pg.create_database(seed="create table t (x int); insert into t values (1);")
+    settings = platform_settings(ops_env, source, OPS_BACKUP_LOCK_WAIT_TIMEOUT_S="0.2")
+    before = failures("database_unavailable")
+    with pg.connect(source) as ddl, ddl.transaction():
+        ddl.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(CommandInterrupted, match=r"LOCK TABLE public\.t") as caught:
+            take_full_backup(settings, store=local_store)
+    assert isinstance(caught.value, TRANSIENT)  # backup.full retries it with backoff
+    assert failures("database_unavailable") == before + 1
+    assert list(local_store.list_objects()) == []
+
+
+def test_missing_or_partial_s3_credentials_are_permanent(
+    moto: MotoServer, aws_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = moto.new_bucket()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to fall back on here
+    store = S3Store(bucket, "p", moto.settings())
+    with pytest.raises(StorageRefused, match="Unable to locate credentials; set AWS_ACCESS_KEY_ID") as caught:
+        store.put_bytes("full/db/x.manifest.json", b"{}")
+    assert not isinstance(caught.value, TRANSIENT)
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # and no secret key: boto3 says so when the client is made
+    with pytest.raises(StorageRefused, match="Partial credentials found") as caught:
+        S3Store(bucket, "p", moto.settings())
+    assert not isinstance(caught.value, TRANSIENT)
 
 
 def test_missing_pg_dump_is_reported_and_stores_nothing(

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from tests.backup.test_cleanup import NOW, stored_backup
 from tests.conftest import PgServer, subprocess_env
-from workers.backup.manifest import Manifest, write_manifest
+from workers.backup.manifest import Manifest, list_manifests, write_manifest
+from workers.backup.naming import BackupKind, new_backup_id, object_key
 from workers.backup.operations import take_full_backup
+from workers.backup.retention import Verification
 from workers.backup.scratch import list_scratch_databases, sweep_scratch_databases
 from workers.backup.storage import LocalStore
 from workers.settings import PostgresTarget, Settings
@@ -62,6 +67,24 @@ def test_verify_exits_0_when_verified_and_1_naming_the_first_mismatch(
     assert "public.docking_jobs" in failed.stdout and "the manifest says 7" in failed.stdout
 
 
+def test_a_drill_that_cannot_run_exits_1_and_backup_show_carries_it(
+    drill_env: dict[str, str], ops_env: Callable[..., Settings], tmp_path: Path
+) -> None:
+    manifest = take_full_backup(ops_env(**drill_env))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pg_dump").symlink_to(shutil.which("pg_dump") or "/usr/bin/pg_dump")  # and no pg_restore
+    failed = ops({**drill_env, "OPS_PG_BIN_DIR": str(bin_dir)}, "backup", "verify", manifest.id)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[-1].startswith("error: ") and "pg_restore not found" in failed.stderr
+
+    shown = ops(drill_env, "backup", "show", manifest.id)
+    assert "verification: FAILED" in shown.stdout and "(drill_error)" in shown.stdout, shown.stdout
+    history = json.loads(ops(drill_env, "backup", "show", manifest.id, "--json").stdout)["verification_history"]
+    assert [(h["outcome"], h["reason"]) for h in history] == [("failed", "drill_error")]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -94,6 +117,39 @@ def test_cleanup_dry_run_lists_each_deletion_with_its_rule(
     assert text.returncode == 0
     assert "would delete: backup=0" in text.stdout
     assert "none of its recent backups passed verification" in text.stderr
+
+
+def test_cleanup_lists_each_deletion_it_made_with_its_rule(drill_env: dict[str, str]) -> None:
+    store = store_of(drill_env)
+    for days in (0, 1, 2):
+        stored_backup(store, days, verified=Verification.OK)
+    expired = [stored_backup(store, days) for days in (40, 50)]
+    orphan = object_key(BackupKind.FULL, "platform", new_backup_id(NOW - timedelta(days=3), "0badf00d"))
+    store.put_bytes(orphan, b"an object whose manifest was never written")
+    two_days_ago = time.time() - 2 * 86400  # older than OPS_BACKUP_ORPHAN_GRACE_S (a day)
+    os.utime(store.root / orphan, (two_days_ago, two_days_ago))
+    expected = [("backup", expired[1].key, "expired"), ("backup", expired[0].key, "expired"),
+                ("orphan", orphan, "orphan_object")]  # fmt: skip
+
+    def ours(deletions: list[dict[str, object]]) -> list[tuple[object, ...]]:
+        # Throwaway databases of other runs' dead drills on the shared server may be swept too.
+        return [(d["what"], d["key"], d["rule"]) for d in deletions if d["what"] != "scratch_database"]
+
+    planned = ops(drill_env, "backup", "cleanup", "--dry-run", "--json")
+    assert planned.returncode == 0, planned.stderr
+    assert ours(json.loads(planned.stdout)["deletions"]) == expected
+
+    result = ops(drill_env, "backup", "cleanup")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for what, key, rule in expected:
+        assert any(line.startswith(f"deleted {what} {key}  [{rule}: ") for line in lines), result.stdout
+    assert any(line.startswith("deleted: backup=2, orphan=1, incomplete_upload=0, ") for line in lines)
+    # ... and each deletion is one log line with its key and rule, as a worker running the task writes it.
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert ours([e for e in events if e["event"] == "backup deleted"]) == expected
+    assert {m.id for m in list_manifests(store)} & {m.id for m in expired} == set()
+    assert orphan not in {o.key for o in store.list_objects("")}
 
 
 # Big enough that the restore takes seconds, so the drill can be killed in the middle.

@@ -14,6 +14,7 @@ from workers.backup.naming import (
     object_key,
     object_key_of,
     parse_key,
+    scope_of_key,
     scope_prefix,
     taken_at_of,
 )
@@ -113,3 +114,27 @@ def test_plain_database_names_are_accepted(name: str) -> None:
 def test_database_names_postgres_would_change_or_that_need_quoting_are_refused(name: str, why: str) -> None:
     problem = database_name_problem(name)
     assert problem is not None and why in problem
+
+
+@pytest.mark.parametrize(
+    ("key", "scope"),
+    [
+        ("full/platform/2026/03/09/20260309T020000Z-0a1b2c3d.dump.zst", "full/platform/"),
+        ("full/platform/2026/03/09/.20260309T020000Z-0a1b2c3d.dump.zst.0123abcd.partial", "full/platform/"),
+        ("org/platform/0b6c%2Fx/2026/03/09/20260309T020000Z-0a1b2c3d.manifest.json", "org/platform/0b6c%2Fx/"),
+        ("full/platform", None),
+        ("org/platform/2026", None),
+        ("notes/readme.txt", None),
+        ("", None),
+    ],
+)
+def test_scope_of_key_matches_the_scope_prefix(key: str, scope: str | None) -> None:
+    assert scope_of_key(key) == scope
+    if scope is not None:
+        assert key.startswith(scope)
+
+
+def test_scope_of_key_agrees_with_scope_prefix_for_quoted_names() -> None:
+    for kind, database, organization_id in [(BackupKind.FULL, "my/db%", None), (BackupKind.ORG, "db", "a/b")]:
+        key = object_key(kind, database, "20260309T020000Z-0a1b2c3d", organization_id)
+        assert scope_of_key(key) == scope_prefix(kind, database, organization_id)

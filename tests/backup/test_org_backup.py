@@ -174,6 +174,36 @@ def test_unknown_organization_is_refused_and_stores_nothing(
     assert list(local_store.list_objects()) == []
 
 
+# A configured tenant table without the tenant column that is not the organizations table.
+WITH_AUDIT_LOG = """
+create table organizations (id uuid primary key, name text);
+create table molecules (id bigserial primary key, organization_id uuid references organizations(id));
+create table audit_log (id uuid primary key, note text);
+insert into organizations values ('0b6c1c8e-34a5-4c53-9d1a-0a3b6e1f2d4c', 'acme');
+insert into molecules (organization_id) values ('0b6c1c8e-34a5-4c53-9d1a-0a3b6e1f2d4c');
+insert into audit_log values (gen_random_uuid(), 'acme did something');
+"""
+ACME = "0b6c1c8e-34a5-4c53-9d1a-0a3b6e1f2d4c"
+
+
+def test_a_tenant_table_without_the_tenant_column_is_refused_not_filtered_by_its_key(
+    pg: Any, local_store: LocalStore, ops_env: Callable[..., Settings]
+) -> None:
+    source = pg.create_database(seed=WITH_AUDIT_LOG)
+    settings = platform_settings(ops_env, source, OPS_TENANT_TABLES="organizations,molecules,audit_log")
+    with pytest.raises(UsageError, match="tenant table 'audit_log'") as caught:
+        take_org_backup(settings, ACME, store=local_store)
+    assert "OPS_TENANT_TABLES" in str(caught.value) and "OPS_TENANT_COLUMN" in str(caught.value)
+    assert list(local_store.list_objects()) == []
+    with pytest.raises(UsageError, match="tenant table 'audit_log'"):
+        organization_ids(settings)
+
+    # Without it, the organizations table is still filtered by its primary key.
+    settings = platform_settings(ops_env, source, OPS_TENANT_TABLES="organizations,molecules")
+    manifest = take_org_backup(settings, ACME, store=local_store)
+    assert manifest.tables == {"public.organizations": 1, "public.molecules": 1}
+
+
 def test_organization_ids_lists_every_organization(
     platform_db: PostgresTarget, ops_env: Callable[..., Settings]
 ) -> None:

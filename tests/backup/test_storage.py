@@ -44,7 +44,7 @@ def test_a_writer_that_fails_stores_nothing(kind: str, make_store: Callable[[str
         writer.write(b"partial data")
         raise Boom
     assert list(store.list_objects()) == []
-    assert store.discard_incomplete("full/") == 0
+    assert store.discard_incomplete("full/") == []
 
 
 @pytest.mark.parametrize("kind", STORES)
@@ -67,8 +67,8 @@ def test_local_store_discards_partials_left_by_a_dead_writer(local_store: LocalS
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half a dump")
     assert list(local_store.list_objects()) == []  # never listed
-    assert local_store.discard_incomplete("org/") == 0
-    assert local_store.discard_incomplete("full/db/") == 1
+    assert local_store.discard_incomplete("org/") == []
+    assert local_store.discard_incomplete("full/db/") == ["full/db/2026/03/09/.x.dump.zst.1234abcd.partial"]
     assert not leftover.exists()
 
 
@@ -131,7 +131,7 @@ def test_s3_discard_incomplete_aborts_uploads_of_a_dead_writer(moto: MotoServer,
     client.create_multipart_upload(Bucket=bucket, Key="p/full/db/2026/03/09/x.dump.zst")
     client.create_multipart_upload(Bucket=bucket, Key="p/full/other/2026/03/09/y.dump.zst")
     store = S3Store(bucket, "p", moto.settings())
-    assert store.discard_incomplete("full/db/") == 1
+    assert store.discard_incomplete("full/db/") == ["full/db/2026/03/09/x.dump.zst"]  # relative to the prefix
     remaining = [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
     assert remaining == ["p/full/other/2026/03/09/y.dump.zst"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -19,13 +20,14 @@ from celery.contrib.testing.worker import TestWorkController
 
 from tests.backup.conftest import free_port
 from tests.backup.test_full_backup import platform_settings
+from tests.conftest import PgServer
 from workers.app import create_app
 from workers.backup.lock import backup_lock
 from workers.backup.manifest import list_manifests
 from workers.backup.naming import BackupKind, scope_prefix
 from workers.backup.storage import LocalStore, open_store
 from workers.backup.tasks import backup_all_orgs_task, backup_full_task, backup_org_task
-from workers.errors import AlreadyRunning, InvalidOrganizationId
+from workers.errors import AlreadyRunning, CommandNotFound, InvalidOrganizationId
 from workers.metrics import registry_for
 from workers.settings import PostgresTarget, Settings
 
@@ -73,6 +75,26 @@ def test_permanent_errors_fail_at_once_without_retry(
     assert list(open_store(settings.backup).list_objects()) == []
 
 
+def test_a_failed_backup_is_logged_once_by_the_worker_with_its_cause(
+    settings: Settings, worker_app: Celery, celery_worker: TestWorkController, platform_db: PostgresTarget,
+    ops_env: Callable[..., Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    platform_settings(ops_env, platform_db, OPS_PG_BIN_DIR=str(empty_bin))  # what the task reads when it runs
+    caplog.set_level(logging.INFO)
+
+    result = backup_full_task.delay()
+    with pytest.raises(CommandNotFound):
+        result.get(timeout=60)
+
+    # Celery's tracer handles it (the retry policy said: permanent) and logs it, with the traceback;
+    # the operation below it only counted it.
+    [logged] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert logged.name == "celery.app.trace"
+    assert logged.exc_info is not None and isinstance(logged.exc_info[1], CommandNotFound)
+
+
 @pytest.fixture
 def retries() -> Iterator[threading.Event]:
     seen = threading.Event()
@@ -99,6 +121,28 @@ def test_an_unreachable_database_is_retried(
         with start_worker(app, pool="solo", perform_ping_check=False, queues=["backups"], shutdown_timeout=30):
             backup_full_task.delay()
             assert retries.wait(timeout=60), "the task was not retried"
+    finally:
+        close_app(app)
+
+
+def test_a_dump_blocked_by_ddl_is_retried(
+    pg: PgServer, ops_env: Callable[..., Settings], retries: threading.Event, redis_url: str
+) -> None:
+    source = pg.create_database(seed="create table t (x int);")
+    settings = platform_settings(ops_env, source, OPS_BACKUP_LOCK_WAIT_TIMEOUT_S="0.2")
+    app = create_app(settings, name="workers-test-retry-lock")
+    app.loader.import_default_modules()
+    app.set_current()
+    app.set_default()
+    from celery.contrib.testing.worker import start_worker
+
+    try:
+        with pg.connect(source) as ddl, ddl.transaction():
+            ddl.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")  # pg_dump's lock wait times out behind it
+            with start_worker(app, pool="solo", perform_ping_check=False, queues=["backups"], shutdown_timeout=30):
+                # No result subscription: a pending AsyncResult collected after close_app() reconnects to Redis.
+                backup_full_task.apply_async(ignore_result=True)
+                assert retries.wait(timeout=60), "the task was not retried"
     finally:
         close_app(app)
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +18,10 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from tests.backup.test_cleanup import stored_backup
+from tests.backup.test_org_backup import ACME, WITH_AUDIT_LOG
 from workers.backup.cleanup import CleanupReport
 from workers.backup.maintenance import cleanup_backups, org_sample, verify
+from workers.backup.maintenance_tasks import TRANSIENT as MAINTENANCE_TRANSIENT
 from workers.backup.manifest import Manifest, read_manifest, write_manifest
 from workers.backup.naming import BackupKind
 from workers.backup.operations import organization_ids, take_full_backup, take_org_backup
@@ -24,9 +30,15 @@ from workers.backup.s3 import S3Store
 from workers.backup.scratch import list_scratch_databases
 from workers.backup.storage import BackupStore, LocalStore, ObjectReader
 from workers.backup.verification import Reason, verification_of
-from workers.errors import BackupNotFound
+from workers.errors import (
+    BackupNotFound,
+    CommandInterrupted,
+    CommandNotFound,
+    DatabaseAuthenticationFailed,
+    UsageError,
+)
 from workers.settings import PostgresTarget, Settings
-from workers.state.db import create_state_engine
+from workers.state.db import create_state_engine, upgrade
 from workers.state.schema import backup_verifications
 
 Store = LocalStore | S3Store
@@ -55,6 +67,7 @@ def no_scratch_left(server: PostgresTarget) -> Iterator[None]:
 def state_rows(settings: Settings) -> list[dict[str, Any]]:
     engine = create_state_engine(settings.state_database_url.value)
     try:
+        upgrade(engine)  # the table exists only once something was recorded
         with engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(select(backup_verifications))]
     finally:
@@ -188,6 +201,128 @@ def test_a_dump_that_restores_with_errors_is_a_failed_verification(
     assert (result.outcome, result.reason) == (Verification.FAILED, Reason.RESTORE)
     assert result.first_mismatch is not None and "pg_restore exited" in result.first_mismatch
     assert "helper" in result.first_mismatch
+
+
+# A partitioned table (its parent holds no rows of its own) and a materialized view (pg_dump stores its
+# query, not its rows): neither is in the manifest, and a good backup of them must still verify.
+PARTITIONED = """
+create table m (id int, at date not null) partition by range (at);
+create table m_2025 partition of m for values from ('2025-01-01') to ('2026-01-01');
+create table m_2026 partition of m for values from ('2026-01-01') to ('2027-01-01');
+insert into m select g, date '2025-06-01' + g from generate_series(1, 300) g;
+create materialized view mv as select at, count(*) as n from m group by at;
+"""
+
+
+def test_partitioned_tables_and_materialized_views_verify_and_a_missing_partition_still_fails(
+    pg: Any, ops_env: Callable[..., Settings], local_store: LocalStore
+) -> None:
+    source = pg.create_database(seed=PARTITIONED)
+    settings = ops_env(OPS_DATABASE_URL=url_of(source))
+    manifest = take_full_backup(settings, store=local_store)
+    assert manifest.tables == {"public.m_2025": 213, "public.m_2026": 87}
+
+    with no_scratch_left(source):
+        verified = verify(settings, manifest.id, store=local_store)
+        assert verified.ok, verified.first_mismatch
+        assert verified.tables_checked == 2
+
+        write_manifest(local_store, recount(manifest, {"public.m_2025": 213}))
+        failed = verify(settings, manifest.id, store=local_store)
+    assert (failed.outcome, failed.reason) == (Verification.FAILED, Reason.ROW_COUNT)
+    assert failed.first_mismatch == "public.m_2026: restored but not listed in the manifest"
+
+
+def fake_bin_dir(tmp_path: Path, pg_restore_stderr: str) -> Path:
+    """A directory with the real pg_dump and a pg_restore that reads its input, then fails with this stderr."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pg_dump").symlink_to(shutil.which("pg_dump") or "/usr/bin/pg_dump")
+    script = bin_dir / "pg_restore"
+    script.write_text(f"#!/bin/sh\ncat > /dev/null\necho {shlex.quote(pg_restore_stderr)} >&2\nexit 1\n")
+    script.chmod(0o755)
+    return bin_dir
+
+
+def test_a_drill_server_that_drops_the_restore_is_no_verdict_and_is_retried(
+    local_store: LocalStore, drill_settings: Settings, ops_env: Callable[..., Settings], platform_db: PostgresTarget,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    manifest = take_full_backup(drill_settings, store=local_store)
+    dropped = "pg_restore: error: could not execute query: server closed the connection unexpectedly"
+    settings = ops_env(OPS_DATABASE_URL=url_of(platform_db), OPS_PG_BIN_DIR=str(fake_bin_dir(tmp_path, dropped)))
+
+    with no_scratch_left(platform_db), pytest.raises(CommandInterrupted) as caught:
+        verify(settings, manifest.id, store=local_store)
+
+    assert isinstance(caught.value, MAINTENANCE_TRANSIENT)  # backup.verify retries it
+    assert verification_of(local_store, manifest) is None  # an outage is not a verdict on the backup
+    assert state_rows(settings) == []
+
+
+def test_an_org_backup_whose_rows_disagree_with_the_manifest_names_the_table(
+    local_store: LocalStore, drill_settings: Settings, platform_db: PostgresTarget
+) -> None:
+    manifest = take_org_backup(drill_settings, organization_ids(drill_settings)[2], store=local_store)
+    write_manifest(local_store, recount(manifest, {**manifest.tables, "public.pipelines": 99}))
+    with no_scratch_left(platform_db):
+        result = verify(drill_settings, manifest.id, store=local_store)
+    assert (result.outcome, result.reason) == (Verification.FAILED, Reason.ROW_COUNT)
+    restored = manifest.tables["public.pipelines"]
+    assert result.first_mismatch == f"{manifest.key}: public.pipelines: {restored} rows restored, the manifest says 99"
+
+
+def only_pg_dump(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "only-pg-dump"
+    bin_dir.mkdir()
+    (bin_dir / "pg_dump").symlink_to(shutil.which("pg_dump") or "/usr/bin/pg_dump")
+    return bin_dir
+
+
+DRILL_ERRORS: list[tuple[str, BackupKind, Callable[[Path], dict[str, str]], type[Exception], str]] = [
+    ("pg_restore missing", BackupKind.FULL, lambda tmp: {"OPS_PG_BIN_DIR": str(only_pg_dump(tmp))},
+     CommandNotFound, "pg_restore not found"),
+    ("drill role refused", BackupKind.FULL,
+     lambda _: {"OPS_BACKUP_VERIFY_DATABASE_URL": "postgresql://ops_no_such_role@127.0.0.1:5432/postgres"},
+     DatabaseAuthenticationFailed, 'role "ops_no_such_role" does not exist'),
+    ("tenant column missing", BackupKind.ORG, lambda _: {"OPS_TENANT_COLUMN": "tenant_id"},
+     UsageError, "has no column 'tenant_id' (OPS_TENANT_COLUMN)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "breakage", "error", "message"), [d[1:] for d in DRILL_ERRORS], ids=[d[0] for d in DRILL_ERRORS]
+)
+def test_a_drill_that_cannot_run_is_recorded_and_counted_as_a_drill_error(
+    kind: BackupKind,
+    breakage: Callable[[Path], dict[str, str]],
+    error: type[Exception],
+    message: str,
+    pg: Any,
+    ops_env: Callable[..., Settings],
+    local_store: LocalStore,
+    tmp_path: Path,
+) -> None:
+    source = pg.create_database(seed=WITH_AUDIT_LOG)
+    env = {"OPS_DATABASE_URL": url_of(source), "OPS_TENANT_TABLES": "organizations,molecules"}
+    good = ops_env(**env)
+    manifest = take_full_backup(good, store=local_store) if kind is BackupKind.FULL else (
+        take_org_backup(good, ACME, store=local_store)
+    )  # fmt: skip
+    settings = ops_env(**env, **breakage(tmp_path))
+    before = metric("ops_backup_verify_failures_total", kind=str(kind), reason="drill_error")
+
+    with no_scratch_left(source), pytest.raises(error, match=re.escape(message)):
+        verify(settings, manifest.id, store=local_store)
+
+    stored = verification_of(local_store, manifest)
+    assert stored is not None and (stored.outcome, stored.reason) == (Verification.FAILED, Reason.DRILL_ERROR)
+    assert stored.first_mismatch is not None and message in stored.first_mismatch
+    [row] = state_rows(settings)
+    assert (row["backup_id"], row["outcome"], row["reason"]) == (manifest.id, "failed", "drill_error")
+    assert metric("ops_backup_verify_failures_total", kind=str(kind), reason="drill_error") == before + 1
+    last_failure = metric("ops_backup_verify_last_failure_timestamp_seconds", kind=str(kind))
+    assert last_failure >= stored.finished_at.timestamp() - 1
 
 
 def test_an_unknown_backup_id_is_a_usage_error(local_store: LocalStore, drill_settings: Settings) -> None:

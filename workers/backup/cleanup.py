@@ -9,24 +9,31 @@ run collects, never a manifest that points at nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from workers.backup.naming import MANIFEST_SUFFIX, OBJECT_SUFFIX, BackupKind, KeyParts, parse_key
+from workers.backup.naming import MANIFEST_SUFFIX, OBJECT_SUFFIX, BackupKind, KeyParts, parse_key, scope_of_key
 from workers.backup.retention import Candidate, Decision, Policy, RetentionPlan, Verification, plan_retention
+from workers.backup.scratch import sweep_scratch_databases
 from workers.backup.storage import DELETE_BATCH, BackupStore, StoredObject
 from workers.backup.verification import (
     VERIFICATION_SUFFIX,
+    manifest_key_of_verification,
     object_key_of_verification,
     read_verification,
     verification_key,
 )
+from workers.errors import ObjectNotFound
+from workers.settings import PostgresTarget
 
 log = logging.getLogger(__name__)
 
 INCOMPLETE_UPLOAD_AGE = timedelta(days=1)
+
+# Scopes (naming.scope_prefix) whose backup lock is held now, of those asked about: lock.held_backup_locks.
+RunningBackups = Callable[[Collection[str]], set[str]]
 
 
 class Claims(Protocol):
@@ -64,12 +71,20 @@ class CleanupReport:
     finished_at: datetime | None = None
     deletions: list[Deletion] = field(default_factory=list)
     skipped_in_use: list[str] = field(default_factory=list)  # backup ids held by a verify or restore
+    skipped_in_progress: list[str] = field(default_factory=list)  # keys in a scope whose backup is running
     held: list[dict[str, object]] = field(default_factory=list)  # series kept whole
     kept: int = 0
     listed_objects: int = 0
 
     def count(self, what: str) -> int:
         return sum(1 for d in self.deletions if d.what == what)
+
+    def add(self, deletions: Sequence[Deletion]) -> None:
+        """Report deletions; each one actually made (not in a dry run) is logged once, with its key and rule."""
+        self.deletions += deletions
+        if not self.dry_run:
+            for deletion in deletions:
+                log.info("backup deleted", extra=deletion.to_json())
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -82,6 +97,7 @@ class CleanupReport:
             "deleted": {w: self.count(w) for w in ("backup", "orphan", "incomplete_upload", "scratch_database")},
             "held_series": self.held,
             "skipped_in_use": self.skipped_in_use,
+            "skipped_in_progress": self.skipped_in_progress,
             "deletions": [d.to_json() for d in self.deletions],
         }
 
@@ -176,7 +192,7 @@ def delete_backups(
             if after_manifests is not None:
                 after_manifests(object_keys)
             _delete_keys(store, [verification_key(k) for k in object_keys] + object_keys)
-            report.deletions += [_backup_deletion(d, keys_of[d.backup.id]) for d in doomed]
+            report.add([_backup_deletion(d, keys_of[d.backup.id]) for d in doomed])
         finally:
             claims.release_all()
 
@@ -202,6 +218,21 @@ def orphans(inventory: Inventory, now: datetime, grace: timedelta) -> list[Delet
     return found
 
 
+def still_orphans(store: BackupStore, stray: Sequence[Deletion]) -> list[Deletion]:
+    """The orphans whose manifest is still missing: a backup may have published it since the listing."""
+    found: list[Deletion] = []
+    for deletion in stray:
+        if deletion.rule == "orphan_verification":
+            manifest = manifest_key_of_verification(deletion.key)
+        else:
+            manifest = deletion.key[: -len(OBJECT_SUFFIX)] + MANIFEST_SUFFIX
+        try:
+            store.get_bytes(manifest)
+        except ObjectNotFound:
+            found.append(deletion)
+    return found
+
+
 def prune(
     store: BackupStore,
     policy: Policy,
@@ -211,11 +242,17 @@ def prune(
     orphan_grace: timedelta,
     dry_run: bool = False,
     after_manifests: Callable[[Sequence[str]], None] | None = None,
+    running: RunningBackups | None = None,
 ) -> CleanupReport:
     """Delete what the retention plan expires, then orphans and stale incomplete uploads; report each.
 
+    Orphans and unfinished uploads in a scope whose backup is running (running says which; None: no
+    backup can be running) are left alone: the backup may have written its object and not yet its
+    manifest, or be uploading for longer than a day.
+
     Raises:
         StorageUnavailable, StorageRefused: the store failed; what was deleted before stays deleted.
+        DatabaseUnavailable, DatabaseAuthenticationFailed: running could not ask the database.
     """
     report = CleanupReport(dry_run=dry_run, policy=policy.describe(), started_at=now)
     inventory = take_inventory(store.list_objects(""))
@@ -225,19 +262,53 @@ def prune(
     _report_plan(plan, report)
     keys_of = {c.id: key for key, c in by_key.items()}
     if dry_run:
-        report.deletions += [_backup_deletion(d, keys_of[d.backup.id]) for d in plan.expired]
+        report.add([_backup_deletion(d, keys_of[d.backup.id]) for d in plan.expired])
     else:
         delete_backups(store, plan.expired, keys_of, claims, report, after_manifests=after_manifests)
     stray = orphans(inventory, now, orphan_grace)
+    started_before = now - INCOMPLETE_UPLOAD_AGE
+    stale_uploads = store.discard_incomplete("", started_before=started_before, dry_run=True)
+    busy = _running_scopes(running, [d.key for d in stray] + stale_uploads)
+    report.skipped_in_progress += [d.key for d in stray if scope_of_key(d.key) in busy]
+    report.skipped_in_progress += [k for k in stale_uploads if scope_of_key(k) in busy]
+    # Asked after the lock check: a backup that held its lock at listing time and has let go since
+    # published its manifest first, so an object whose manifest is still missing now is garbage.
+    stray = still_orphans(store, [d for d in stray if scope_of_key(d.key) not in busy])
     if not dry_run:
         _delete_keys(store, [d.key for d in stray])
-    report.deletions += stray
-    incomplete = store.discard_incomplete("", started_before=now - INCOMPLETE_UPLOAD_AGE, dry_run=dry_run)
-    report.deletions += [
-        Deletion("incomplete_upload", store.url, "incomplete_upload", "unfinished upload started over a day ago")
-        for _ in range(incomplete)
-    ]
+    report.add(stray)
+    incomplete = (
+        store.discard_incomplete("", started_before=started_before, dry_run=dry_run, spare=busy)
+        if stale_uploads
+        else []
+    )
+    report.add(
+        [Deletion("incomplete_upload", key, "incomplete_upload", "unfinished upload started over a day ago")
+         for key in incomplete]
+    )  # fmt: skip
     return report
+
+
+def _running_scopes(running: RunningBackups | None, keys: Sequence[str]) -> set[str]:
+    scopes = {scope for scope in map(scope_of_key, keys) if scope is not None}
+    if running is None or not scopes:
+        return set()
+    busy = running(scopes)
+    if busy:
+        log.info("backups running; orphans and unfinished uploads of their scopes kept", extra={"scopes": sorted(busy)})
+    return busy
+
+
+def collect_scratch_databases(server: PostgresTarget, report: CleanupReport) -> None:
+    """Drop the throwaway databases no live drill holds (those of dead drills) and report each one.
+
+    Raises:
+        DatabaseUnavailable, DatabaseAuthenticationFailed: the server could not be reached.
+    """
+    report.add(
+        [Deletion("scratch_database", name, "stale_scratch_database", "no live restore drill holds it")
+         for name in sweep_scratch_databases(server, dry_run=report.dry_run)]
+    )  # fmt: skip
 
 
 def _report_plan(plan: RetentionPlan, report: CleanupReport) -> None:

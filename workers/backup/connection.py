@@ -7,30 +7,41 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from workers.errors import DatabaseAuthenticationFailed, DatabaseUnavailable
+from workers.backup.pg_messages import is_permanent
+from workers.errors import DatabaseAuthenticationFailed, DatabaseRefused, DatabaseUnavailable
 from workers.settings import PostgresTarget
 
 CONNECT_TIMEOUT_S = 10
 APPLICATION_NAME = "ops-workers-backup"
-# libpq phrases that mean "these credentials or names are wrong": retrying cannot help.
-_PERMANENT = (
-    "password authentication failed",
-    "no password supplied",
-    "authentication failed",
-    "does not exist",
-    "no pg_hba.conf entry",
-    "permission denied",
-)
+
+
+def _first_line(exc: psycopg.Error) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def connection_error(target: PostgresTarget, exc: psycopg.Error) -> Exception:
     """Our error for a failed connection or a dropped one; the message never holds the password."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = _first_line(exc)
     if isinstance(exc, psycopg.errors.LockNotAvailable):
         return DatabaseUnavailable(f"{target.redacted()}: {text} (a lock is held, e.g. by DDL; retry later)")
-    if any(phrase in text for phrase in _PERMANENT):
+    if is_permanent(text):
         return DatabaseAuthenticationFailed(f"{target.redacted()}: {text}")
     return DatabaseUnavailable(f"{target.redacted()} unreachable: {text}")
+
+
+def database_error(target: PostgresTarget, exc: psycopg.Error) -> Exception:
+    """Our error for any psycopg error on target: connection_error() for an OperationalError (a lost or
+    refused connection, a lock or statement timeout), else DatabaseRefused, permanent, saying what to do."""
+    if isinstance(exc, psycopg.OperationalError):
+        return connection_error(target, exc)
+    text = _first_line(exc)
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return DatabaseRefused(
+            f"{target.redacted()}: {text}; grant role {target.user!r} that privilege or connect as a role that has"
+            f" it (a backup reads every table: GRANT pg_read_all_data TO {target.user}; a restore drill needs"
+            " CREATEDB)"
+        )
+    return DatabaseRefused(f"{target.redacted()}: {text} (SQLSTATE {exc.sqlstate}); retrying will not help")
 
 
 def connect(target: PostgresTarget, *, autocommit: bool = False, **options: Any) -> psycopg.Connection[Any]:

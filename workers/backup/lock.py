@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import psycopg
 
-from workers.backup.connection import connect, connection_error
+from workers.backup.connection import connect, database_error
 from workers.errors import AlreadyRunning
 from workers.settings import PostgresTarget
 
@@ -16,6 +16,17 @@ log = logging.getLogger(__name__)
 
 # Namespace for the lock's name, so our advisory locks cannot collide with the platform's own.
 LOCK_NAMESPACE = "ops-workers.backup:"
+# A bigint advisory lock shows in pg_locks as classid (high 32 bits), objid (low 32 bits), objsubid 1.
+# pg_locks lists the locks of every database of the server: the scope names the database anyway.
+_HELD = """
+SELECT scope FROM unnest(%s::text[]) AS scope
+WHERE EXISTS (
+    SELECT 1 FROM pg_locks, (SELECT hashtextextended(%s || scope, 0) AS k) AS wanted
+    WHERE locktype = 'advisory' AND granted AND objsubid = 1
+      AND classid::bigint = (wanted.k >> 32) & 4294967295
+      AND objid::bigint = wanted.k & 4294967295
+)
+"""
 
 
 @contextmanager
@@ -28,6 +39,7 @@ def backup_lock(target: PostgresTarget, scope: str) -> Iterator[None]:
     Raises:
         AlreadyRunning: another session holds it; nothing was done.
         DatabaseUnavailable, DatabaseAuthenticationFailed: the database could not be reached.
+        DatabaseRefused: the role may not take advisory locks there.
     """
     conn = connect(target, autocommit=True)
     try:
@@ -36,7 +48,26 @@ def backup_lock(target: PostgresTarget, scope: str) -> Iterator[None]:
             raise AlreadyRunning(f"a backup of {scope}")
         log.debug("backup lock taken", extra={"scope": scope})
         yield
-    except psycopg.OperationalError as exc:
-        raise connection_error(target, exc) from exc
+    except psycopg.Error as exc:
+        raise database_error(target, exc) from exc
     finally:
         conn.close()  # ends the session, which releases the lock
+
+
+def held_backup_locks(target: PostgresTarget, scopes: Collection[str]) -> set[str]:
+    """The scopes among these whose backup lock a session holds right now: a backup of them is running.
+
+    Raises:
+        DatabaseUnavailable, DatabaseAuthenticationFailed: the database could not be reached.
+        DatabaseRefused: the server refused the query.
+    """
+    if not scopes:
+        return set()
+    conn = connect(target, autocommit=True)
+    try:
+        rows = conn.execute(_HELD, (sorted(scopes), LOCK_NAMESPACE)).fetchall()
+    except psycopg.Error as exc:
+        raise database_error(target, exc) from exc
+    finally:
+        conn.close()
+    return {str(row[0]) for row in rows}

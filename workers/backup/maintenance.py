@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from workers import metrics
-from workers.backup.cleanup import CleanupReport, Deletion, prune
+from workers.backup.cleanup import CleanupReport, collect_scratch_databases, prune
 from workers.backup.lease import deletion_claims, lease_server, reading_lease
+from workers.backup.lock import held_backup_locks
 from workers.backup.manifest import Manifest, find_manifest, read_manifest
 from workers.backup.naming import MANIFEST_SUFFIX, BackupKind, KeyParts, manifest_key, parse_key
 from workers.backup.process import find_program
@@ -19,6 +20,7 @@ from workers.backup.storage import BackupStore, open_store
 from workers.backup.verification import (
     VERIFICATION_SUFFIX,
     VerificationResult,
+    drill_error,
     object_key_of_verification,
     record_in_state,
     state_history,
@@ -26,7 +28,7 @@ from workers.backup.verification import (
     write_verification,
 )
 from workers.backup.verify import DrillOptions, verify_backup
-from workers.errors import BackupNotFound, ObjectNotFound, UsageError
+from workers.errors import BackupInUse, BackupNotFound, ObjectNotFound, ServiceUnavailable, UsageError, WorkersError
 from workers.settings import Settings
 from workers.state.db import create_state_engine, upgrade
 
@@ -82,11 +84,10 @@ def cleanup_backups(
                 orphan_grace=timedelta(seconds=settings.backup.orphan_grace_s),
                 dry_run=dry_run,
                 after_manifests=after_manifests,
+                # Backups lock their scope on the platform database (operations.take_*_backup).
+                running=lambda scopes: held_backup_locks(settings.platform_database(), scopes),
             )
-        for name in sweep_scratch_databases(server, dry_run=dry_run):
-            report.deletions.append(
-                Deletion("scratch_database", name, "stale_scratch_database", "no live restore drill holds it")
-            )
+        collect_scratch_databases(server, report)
     except Exception:
         if not dry_run:
             metrics.BACKUP_CLEANUP_LAST_FAILURE.set(time.time())
@@ -141,20 +142,44 @@ def select_backup(store: BackupStore, selector: str, kind: BackupKind | None) ->
     return read_manifest(store, newest)
 
 
+# Raised by a drill, and no verdict at all: a service outage (the task retries), or the backup is gone
+# or being deleted. Any other error of ours means the drill could not run, and is recorded as such.
+_NOT_RECORDED = (ServiceUnavailable, BackupNotFound, BackupInUse)
+
+
 def verify(
     settings: Settings, selector: str, kind: BackupKind | None = None, *, store: BackupStore | None = None
 ) -> VerificationResult:
     """Verify one backup (an id, or 'latest' of kind); record the result beside it and in the state database.
 
+    A drill that cannot run (pg_restore missing, credentials or privileges refused, a bad configuration)
+    is recorded and counted as a failed verification with reason drill_error, then its error is raised.
+
     Raises:
         BackupNotFound: no such backup, or cleanup deleted it before the drill could lease it.
         BackupInUse: cleanup is deleting it right now.
         StorageUnavailable, DatabaseUnavailable: a service failed; nothing was recorded (retry).
+        WorkersError: the drill could not run (recorded, see above).
     """
     store = store if store is not None else open_store(settings.backup)
+    manifest = select_backup(store, selector, kind)
+    started_at = datetime.now(UTC)
+    try:
+        result = _leased_drill(settings, store, manifest)
+    except _NOT_RECORDED:
+        raise
+    except WorkersError as exc:
+        failed = drill_error(manifest, exc, started_at=started_at, finished_at=datetime.now(UTC))
+        write_verification(store, failed)
+        _record(settings, failed)
+        raise
+    _record(settings, result)
+    return result
+
+
+def _leased_drill(settings: Settings, store: BackupStore, manifest: Manifest) -> VerificationResult:
     options = drill_options(settings)
     server = lease_server(settings)
-    manifest = select_backup(store, selector, kind)
     with reading_lease(server, manifest.id):
         try:
             # Read again under the lease: cleanup may have deleted it between the listing and now.
@@ -167,6 +192,11 @@ def verify(
         with metrics.BACKUP_VERIFY_DURATION.labels(kind=str(manifest.kind)).time():
             result = verify_backup(manifest, store, server, options)
         write_verification(store, result)
+    return result
+
+
+def _record(settings: Settings, result: VerificationResult) -> None:
+    """Append the result to the state database and count it."""
     engine = create_state_engine(settings.state_database_url.value)
     try:
         upgrade(engine)
@@ -174,7 +204,6 @@ def verify(
     finally:
         engine.dispose()
     _count_verification(result)
-    return result
 
 
 def _count_verification(result: VerificationResult) -> None:

@@ -25,6 +25,8 @@ def _show_cleanup(report: CleanupReport) -> None:
         )
     for backup_id in report.skipped_in_use:
         click.echo(f"skipped {backup_id}: being verified or restored", err=True)
+    for key in report.skipped_in_progress:
+        click.echo(f"skipped {key}: a backup of its scope is running", err=True)
     counts = ", ".join(
         f"{what}={report.count(what)}" for what in ("backup", "orphan", "incomplete_upload", "scratch_database")
     )

@@ -10,7 +10,9 @@ from workers.errors import BackupInUse, BackupNotFound, DatabaseUnavailable, Sto
 from workers.settings import get_settings
 
 # Transient: a service could not be reached, or cleanup held the backup for a moment. A failed
-# verification is not an error of the task: it is its result, recorded and counted.
+# verification is not an error of the task: it is its result, recorded and counted. A drill that
+# could not run (pg_restore missing, credentials refused) is recorded and counted too, and fails
+# the task without a retry.
 TRANSIENT = (DatabaseUnavailable, StorageUnavailable, BackupInUse)
 
 # Celery's annotations type shared_task(name=...) only; with options the decorator is untyped.

@@ -81,6 +81,19 @@ def scope_prefix(kind: BackupKind, database: str, organization_id: str | None = 
     return f"full/{_segment(database)}/"
 
 
+def scope_of_key(key: str) -> str | None:
+    """The scope prefix (see scope_prefix) a key lies under, or None for a key outside every scope.
+
+    Works for any key below a scope, also an unfinished write's (`.ID.dump.zst.xxxx.partial`).
+    """
+    parts = key.split("/")
+    if parts[0] == BackupKind.FULL and len(parts) > 2 and parts[1]:
+        return f"{BackupKind.FULL}/{parts[1]}/"
+    if parts[0] == BackupKind.ORG and len(parts) > 3 and parts[1] and parts[2]:
+        return f"{BackupKind.ORG}/{parts[1]}/{parts[2]}/"
+    return None
+
+
 def object_key(kind: BackupKind, database: str, backup_id: str, organization_id: str | None = None) -> str:
     """Where the backup's archive is stored."""
     taken_at = taken_at_of(backup_id)

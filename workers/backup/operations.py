@@ -30,6 +30,7 @@ from workers.errors import (
     CommandTimedOut,
     ConfigError,
     DatabaseAuthenticationFailed,
+    DatabaseRefused,
     DatabaseUnavailable,
     StorageFull,
     StorageRefused,
@@ -47,6 +48,7 @@ REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (UsageError, "usage"),
     (ConfigError, "config"),  # e.g. OPS_DATABASE_URL not set on the worker
     (DatabaseAuthenticationFailed, "database_auth"),
+    (DatabaseRefused, "database_refused"),
     (DatabaseUnavailable, "database_unavailable"),
     (StorageFull, "storage_full"),
     (StorageRefused, "storage_refused"),
@@ -64,16 +66,18 @@ def failure_reason(exc: BaseException) -> str:
 
 
 @contextmanager
-def _recorded(kind: BackupKind, **fields: object) -> Iterator[None]:
-    """Metrics and the one log line of a backup's outcome."""
+def _recorded(kind: BackupKind) -> Iterator[None]:
+    """The metrics of a backup's outcome.
+
+    A failure is counted here and raised, not logged: the layer that handles it logs it once, with
+    its cause. That is Celery's task tracer on a worker (after the retry policy has decided), and
+    main() in the CLI, which prints its one line. A success is logged where it happens ("backup stored").
+    """
     started = time.monotonic()
     try:
         yield
     except BaseException as exc:
-        reason = failure_reason(exc)
-        metrics.BACKUP_FAILURES.labels(kind=kind, reason=reason).inc()
-        level = logging.WARNING if reason in ("already_running", "usage") else logging.ERROR
-        log.log(level, "backup failed", extra={"kind": str(kind), "reason": reason, "cause": str(exc), **fields})
+        metrics.BACKUP_FAILURES.labels(kind=kind, reason=failure_reason(exc)).inc()
         raise
     metrics.BACKUP_DURATION.labels(kind=kind).observe(time.monotonic() - started)
     metrics.BACKUP_LAST_SUCCESS.labels(kind=kind).set_to_current_time()
@@ -106,7 +110,7 @@ def _discard_leftovers(store: BackupStore, scope: str) -> None:
     # Called holding the scope's lock: an unfinished upload there belongs to a dead backup.
     discarded = store.discard_incomplete(scope)
     if discarded:
-        log.warning("unfinished uploads discarded", extra={"scope": scope, "count": discarded})
+        log.warning("unfinished uploads discarded", extra={"scope": scope, "keys": discarded})
 
 
 def take_full_backup(
@@ -147,7 +151,7 @@ def take_org_backup(
         OrganizationNotFound: no such organization; nothing stored.
         AlreadyRunning: a backup of this organization is in progress elsewhere.
     """
-    with _recorded(BackupKind.ORG, organization_id=organization_id[:80]):
+    with _recorded(BackupKind.ORG):
         organization_id = validate_organization_id(organization_id, settings.backup.tenant_id_pattern)
         target = settings.platform_database()
         store = store if store is not None else open_store(settings.backup)

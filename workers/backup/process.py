@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
-from workers.errors import CommandFailed, CommandNotFound, CommandTimedOut
+from workers.backup.pg_messages import is_passing
+from workers.errors import CommandFailed, CommandInterrupted, CommandNotFound, CommandTimedOut
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,18 @@ def find_program(name: str, bin_dir: Path | None = None) -> str:
     return found
 
 
+def command_failure(program: str, returncode: int, stderr_tail: str) -> CommandFailed:
+    """The error for a child that exited non-zero. Pure.
+
+    CommandInterrupted (a DatabaseUnavailable: retried) when its stderr says the database was briefly
+    unusable, e.g. pg_dump's lock wait timed out behind DDL or the connection was lost or refused;
+    CommandFailed (permanent) for anything else, a bad dump, bad credentials or a kill included.
+    """
+    if is_passing(stderr_tail):
+        return CommandInterrupted(program, returncode, stderr_tail)
+    return CommandFailed(program, returncode, stderr_tail)
+
+
 def run_streaming(
     argv: Sequence[str],
     *,
@@ -64,7 +77,8 @@ def run_streaming(
     Raises:
         CommandNotFound: argv[0] cannot be executed.
         CommandTimedOut: the deadline passed and the child was killed.
-        CommandFailed: the child exited non-zero; carries the tail of its stderr.
+        CommandInterrupted: the child exited non-zero because the database was briefly unusable (retry).
+        CommandFailed: the child exited non-zero otherwise; carries the tail of its stderr.
     """
     if timeout_s <= 0:
         raise ValueError("timeout_s must be positive")
@@ -112,7 +126,7 @@ def run_streaming(
         if expired.is_set():
             raise CommandTimedOut(program, timeout_s)
         if returncode != 0:
-            raise CommandFailed(program, returncode, _tail(stderr_file))
+            raise command_failure(program, returncode, _tail(stderr_file))
         log.debug("child finished", extra={"program": program, "bytes": size})
         return size
 

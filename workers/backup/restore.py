@@ -27,7 +27,7 @@ from workers.backup.tenant import (
     has_rows_query,
     resolve_tables,
 )
-from workers.errors import CorruptBackup, RestoreFailed, RestoreRefused, UsageError
+from workers.errors import CorruptBackup, RestoreFailed, RestoreRefused, RowCountMismatch, UsageError
 from workers.settings import PostgresTarget
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def restore_org(
     Raises:
         RestoreRefused: target is the source, or already holds rows of this organization, and force is off.
         ChecksumMismatch: the object differs from its manifest; the transaction is rolled back.
+        RowCountMismatch: the rows loaded differ from the manifest's counts; rolled back.
         RestoreFailed: PostgreSQL rejected the rows (constraint, missing schema); rolled back.
     """
     organization_id = manifest.organization_id
@@ -177,7 +178,8 @@ def restore_org(
                 if reader.read(1):  # also completes the checksum, which raises on a mismatch
                     raise CorruptBackup(f"{manifest.key}: data after the end of the archive")
                 if restored != dict(manifest.tables):
-                    raise CorruptBackup(f"{manifest.key}: restored rows {restored} differ from the manifest")
+                    table = min(t for t in {*restored, *manifest.tables} if restored.get(t) != manifest.tables.get(t))
+                    raise RowCountMismatch(manifest.key, table, restored.get(table, 0), manifest.tables.get(table, 0))
                 _advance_sequences(conn, tables)
         except psycopg.Error as exc:
             raise RestoreFailed(f"restore of {manifest.id} into {target.dbname} rolled back: {exc}") from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from workers.backup.storage import DELETE_BATCH, ObjectReader, ObjectWriter, StoredObject
 from workers.errors import ObjectNotFound, StorageFull, StorageRefused, StorageUnavailable
@@ -63,6 +63,11 @@ def _translate(what: str, exc: Exception) -> Exception:
             return StorageFull(f"{what}: object too large for the store ({code})")
         message = str(error.get("Message", ""))
         return StorageRefused(f"{what}: S3 refused the request: {code or status} {message}".strip())
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        # Missing credentials stay missing on every retry; say where boto3 looks for them.
+        return StorageRefused(
+            f"{what}: {exc}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or give the host a role"
+        )
     return StorageUnavailable(f"{what}: S3 unreachable: {exc}")
 
 
@@ -165,7 +170,12 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.settings = settings
-        self.client = client if client is not None else make_client(settings)
+        if client is None:
+            try:
+                client = make_client(settings)
+            except BotoCoreError as exc:  # e.g. partial credentials in the environment, found at creation
+                raise _translate(self.url, exc) from exc
+        self.client = client
         self.min_part_bytes = min_part_bytes
         self.page_size = page_size
 
@@ -258,22 +268,31 @@ class S3Store:
             )
 
     def discard_incomplete(
-        self, prefix: str, *, started_before: datetime | None = None, dry_run: bool = False
-    ) -> int:
+        self,
+        prefix: str,
+        *,
+        started_before: datetime | None = None,
+        dry_run: bool = False,
+        spare: Collection[str] = (),
+    ) -> list[str]:
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=self.object_name(prefix)
         )
-        removed = 0
+        base = f"{self.prefix}/" if self.prefix else ""
+        removed: list[str] = []
         try:
             for page in pages:
                 for upload in page.get("Uploads", []):
+                    key = str(upload["Key"])[len(base) :]
                     if started_before is not None and upload["Initiated"] >= started_before:
+                        continue
+                    if key.startswith(tuple(spare)):
                         continue
                     if not dry_run:
                         self.client.abort_multipart_upload(
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
-                    removed += 1
+                    removed.append(key)
         except (BotoCoreError, ClientError) as exc:
             raise _translate(f"{self.url}/{prefix}", exc) from exc
         return removed

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from workers.backup.connection import connect, connection_error
+from workers.backup.connection import connect, connection_error, database_error
 from workers.settings import PostgresTarget
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def scratch_database(server: PostgresTarget, now: datetime) -> Iterator[Postgres
 
     Raises:
         DatabaseUnavailable, DatabaseAuthenticationFailed: the server could not be reached.
+        DatabaseRefused: the server refused, e.g. the role may not create databases.
     """
     name = new_scratch_name(now)
     conn = connect(server, autocommit=True)
@@ -72,8 +73,8 @@ def scratch_database(server: PostgresTarget, now: datetime) -> Iterator[Postgres
         finally:
             _drop(conn, name)
             log.info("scratch database dropped", extra={"database": name})
-    except psycopg.OperationalError as exc:
-        raise connection_error(server, exc) from exc
+    except psycopg.Error as exc:  # e.g. the role may not create databases
+        raise database_error(server, exc) from exc
     finally:
         conn.close()
 
@@ -101,8 +102,7 @@ def sweep_scratch_databases(server: PostgresTarget, *, dry_run: bool = False) ->
                 if row and row[0]:
                     continue  # a live drill holds it
                 if not dry_run:
-                    _drop(conn, name)
-                    log.warning("stale scratch database dropped", extra={"database": name})
+                    _drop(conn, name)  # logged by the caller, once per database (cleanup) or per sweep (drill)
                 swept.append(name)
     except psycopg.OperationalError as exc:
         raise connection_error(server, exc) from exc

@@ -11,11 +11,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from workers.backup.connection import connect, connection_error
+from workers.backup.connection import connect, database_error
 from workers.settings import PostgresTarget
 
 log = logging.getLogger(__name__)
 
+# Ordinary tables only (relkind 'r'): partitions, but not partitioned parents (they hold no rows of
+# their own) nor materialized views (pg_dump stores their query, not their rows). The manifest's
+# tables and the tables a restore drill expects are both read with this query, so they agree.
 _USER_TABLES = """
 SELECT n.nspname, c.relname
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -23,6 +26,11 @@ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
 ORDER BY 1, 2
 """
+
+
+def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(schema, table) of every ordinary table in conn's database, as pg_dump dumps their rows."""
+    return [(str(s), str(t)) for s, t in conn.execute(_USER_TABLES).fetchall()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +43,8 @@ class Snapshot:
     database_size_bytes: int
 
     def user_tables(self) -> list[tuple[str, str]]:
-        """(schema, table) of every ordinary table, as pg_dump sees them."""
-        return [(str(s), str(t)) for s, t in self.conn.execute(_USER_TABLES).fetchall()]
+        """(schema, table) of every ordinary table, as pg_dump sees them, in this snapshot."""
+        return user_tables(self.conn)
 
     def count_rows(self, tables: Sequence[tuple[str, str]]) -> dict[str, int]:
         """'schema.table' -> rows, read in this snapshot."""
@@ -56,6 +64,7 @@ def exported_snapshot(
 
     Raises:
         DatabaseUnavailable, DatabaseAuthenticationFailed: connecting failed or the connection dropped.
+        DatabaseRefused: a statement in the snapshot was refused, e.g. the role may not read a table.
     """
     conn = connect(target)
     try:
@@ -72,7 +81,7 @@ def exported_snapshot(
         log.debug("snapshot exported", extra={"snapshot": snapshot.snapshot_id})
         yield snapshot
         conn.rollback()  # read only: nothing to commit; ending the transaction releases the snapshot
-    except psycopg.OperationalError as exc:
-        raise connection_error(target, exc) from exc
+    except psycopg.Error as exc:
+        raise database_error(target, exc) from exc
     finally:
         conn.close()

@@ -7,7 +7,7 @@ import errno
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,13 +91,20 @@ class BackupStore(Protocol):
         ...
 
     def discard_incomplete(
-        self, prefix: str, *, started_before: datetime | None = None, dry_run: bool = False
-    ) -> int:
-        """Remove unfinished writes under prefix (a killed writer's leftovers); return how many.
+        self,
+        prefix: str,
+        *,
+        started_before: datetime | None = None,
+        dry_run: bool = False,
+        spare: Collection[str] = (),
+    ) -> list[str]:
+        """Remove unfinished writes under prefix (a killed writer's leftovers); return their keys.
 
         Only call this while holding the backup lock of the scope, or a live writer's upload is lost;
-        or with started_before well in the past (cleanup), which leaves every recent upload alone.
-        dry_run counts without removing.
+        or with started_before well in the past (cleanup), which leaves every recent upload alone, and
+        the scopes whose lock is held now in spare (key prefixes left alone). dry_run lists without
+        removing. A key names the unfinished write itself (a local `.partial` file, or the key of an S3
+        multipart upload), relative to the store's root.
         """
         ...
 
@@ -223,13 +230,21 @@ class LocalStore:
                 raise _os_error(self._path(key), exc) from exc
 
     def discard_incomplete(
-        self, prefix: str, *, started_before: datetime | None = None, dry_run: bool = False
-    ) -> int:
+        self,
+        prefix: str,
+        *,
+        started_before: datetime | None = None,
+        dry_run: bool = False,
+        spare: Collection[str] = (),
+    ) -> list[str]:
         start = self.root / prefix
         if not start.is_dir():
-            return 0
-        removed = 0
-        for path in start.rglob(f".*{PARTIAL_SUFFIX}"):
+            return []
+        removed: list[str] = []
+        for path in sorted(start.rglob(f".*{PARTIAL_SUFFIX}")):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(tuple(spare)):
+                continue
             if started_before is not None:
                 # ctime moves with every write: a partial file still being written always looks recent.
                 try:
@@ -240,7 +255,7 @@ class LocalStore:
                     continue
             if not dry_run:
                 path.unlink(missing_ok=True)
-            removed += 1
+            removed.append(key)
         return removed
 
     def probe(self) -> str:

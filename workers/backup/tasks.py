@@ -9,8 +9,10 @@ from workers.backup.operations import organization_ids, take_full_backup, take_o
 from workers.errors import AlreadyRunning, DatabaseUnavailable, StorageUnavailable, UsageError
 from workers.settings import get_settings
 
-# Transient: the database or the store could not be reached. Bad credentials, a failed dump, a bad
-# id or an overlapping run are permanent for this message and are never retried.
+# Transient: the database or the store could not be reached, or pg_dump met a passing condition (its
+# lock wait timed out behind DDL, its connection was lost: CommandInterrupted, a DatabaseUnavailable).
+# Bad credentials (database or S3), any other failed dump, a bad id or an overlapping run are
+# permanent for this message and are never retried.
 TRANSIENT = (DatabaseUnavailable, StorageUnavailable)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 60, "retry_backoff_max": 1800, "max_retries": 5}
 

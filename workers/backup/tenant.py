@@ -91,6 +91,9 @@ def dependency_order(tables: Sequence[str], references: Mapping[str, set[str]]) 
     return ordered
 
 
+# The one tenant table without the tenant column: its primary key is the organization id.
+ORGANIZATIONS_TABLE = "organizations"
+
 # COPY cannot take protocol-level parameters, so the id is bound to a transaction-local setting
 # with a real bound parameter, and the COPY query reads it from there: the id is never SQL text.
 ID_SETTING = "ops_backup.organization_id"
@@ -113,7 +116,8 @@ def resolve_tables(conn: psycopg.Connection[Any], names: Sequence[str], column: 
     """The configured tables as they exist in conn's database, in foreign-key order.
 
     Raises:
-        UsageError: a table is missing, or has neither the tenant column nor a one-column primary key.
+        UsageError: a table is missing, or lacks the tenant column (only the organizations table may, and
+            then needs a one-column primary key).
     """
     by_regclass: dict[str, TenantTable] = {}
     for name in names:
@@ -129,12 +133,19 @@ def resolve_tables(conn: psycopg.Connection[Any], names: Sequence[str], column: 
         columns = tuple(types)
         if column in columns:
             filter_column = column
-        else:
+        elif relname == ORGANIZATIONS_TABLE:
             # The organizations table itself: its own primary key is what the others point at.
             keys = [str(r[0]) for r in conn.execute(_PRIMARY_KEY, (regclass,)).fetchall()]
             if len(keys) != 1:
                 raise UsageError(f"tenant table {name!r} has no column {column!r} and no one-column primary key")
             filter_column = keys[0]
+        else:
+            # Filtering any other table by its primary key would silently back up none of its rows.
+            raise UsageError(
+                f"tenant table {name!r} (OPS_TENANT_TABLES) has no column {column!r} (OPS_TENANT_COLUMN), and only"
+                f" the {ORGANIZATIONS_TABLE} table may be filtered by its primary key: remove {name!r} from"
+                " OPS_TENANT_TABLES or give it the tenant column; nothing was done"
+            )
         by_regclass[regclass] = TenantTable(schema, relname, columns, filter_column, types[filter_column])
     references: dict[str, set[str]] = {}
     regclasses = list(by_regclass)

@@ -35,6 +35,7 @@ class Reason(StrEnum):
     ROW_COUNT = "row_count"  # a table's restored row count differs from the manifest
     TIMEOUT = "timeout"  # the restore did not finish in time
     SERVER = "server"  # the drill could not run as configured (no schema source for org backups)
+    DRILL_ERROR = "drill_error"  # the drill could not run: pg_restore missing, credentials or privileges refused ...
 
 
 def verification_key(object_key: str) -> str:
@@ -116,6 +117,26 @@ class VerificationResult:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptBackup(f"verification record is malformed: {exc!r}") from exc
+
+
+def drill_error(
+    manifest: Manifest, error: Exception, *, started_at: datetime, finished_at: datetime
+) -> VerificationResult:
+    """The failed verification of a drill that could not run (no verdict on the bytes, but no success either)."""
+    return VerificationResult(
+        backup_id=manifest.id,
+        kind=str(manifest.kind),
+        database=manifest.database,
+        organization_id=manifest.organization_id,
+        key=manifest.key,
+        started_at=started_at,
+        finished_at=finished_at,
+        outcome=Verification.FAILED,
+        reason=Reason.DRILL_ERROR,
+        first_mismatch=" ".join(str(error).split()) or type(error).__name__,  # one line, for `backup list`
+        tables_checked=0,
+        scratch_database="",
+    )
 
 
 def write_verification(store: BackupStore, result: VerificationResult) -> None:

@@ -24,16 +24,19 @@ from workers.backup.process import run_streaming
 from workers.backup.restore import restore_org
 from workers.backup.retention import Verification
 from workers.backup.scratch import scratch_database
+from workers.backup.snapshot import user_tables
 from workers.backup.storage import BackupStore
 from workers.backup.stream import VerifiedReader
 from workers.backup.verification import Reason, VerificationResult
 from workers.errors import (
     ChecksumMismatch,
     CommandFailed,
+    CommandInterrupted,
     CommandTimedOut,
     CorruptBackup,
     ObjectNotFound,
     RestoreFailed,
+    RowCountMismatch,
 )
 from workers.settings import PostgresTarget
 
@@ -148,8 +151,9 @@ def compare_row_counts(target: PostgresTarget, expected: Mapping[str, int], *, e
                     Reason.ROW_COUNT, f"{name}: {restored} rows restored, the manifest says {expected[name]}"
                 )
         if exhaustive:
-            rows = conn.execute("SELECT schemaname || '.' || relname FROM pg_stat_user_tables ORDER BY 1").fetchall()
-            extra = [str(r[0]) for r in rows if str(r[0]) not in expected]
+            # The same catalog query the manifest was made with: pg_stat_user_tables would also list
+            # partitioned parents and materialized views, which the manifest rightly leaves out.
+            extra = [f"{s}.{t}" for s, t in user_tables(conn) if f"{s}.{t}" not in expected]
             if extra:
                 raise _Mismatch(Reason.ROW_COUNT, f"{extra[0]}: restored but not listed in the manifest")
     return len(expected)
@@ -163,16 +167,18 @@ def _drill(scratch: PostgresTarget, store: BackupStore, manifest: Manifest, opti
             restore_org_archive(scratch, store, manifest, options)
     except ChecksumMismatch as exc:
         raise _Mismatch(Reason.CHECKSUM, str(exc)) from exc
+    except RowCountMismatch as exc:  # restore_org compares what it loaded with the manifest's counts itself
+        raise _Mismatch(Reason.ROW_COUNT, str(exc)) from exc
     except CorruptBackup as exc:
-        # restore_org compares what it loaded with the manifest's counts itself and says so.
-        reason = Reason.ROW_COUNT if "differ from the manifest" in str(exc) else Reason.DECODE
-        raise _Mismatch(reason, str(exc)) from exc
+        raise _Mismatch(Reason.DECODE, str(exc)) from exc
     except RestoreFailed as exc:
         raise _Mismatch(Reason.RESTORE, str(exc)) from exc
     except ObjectNotFound as exc:
         raise _Mismatch(Reason.DOWNLOAD, str(exc)) from exc
     except CommandTimedOut as exc:
         raise _Mismatch(Reason.TIMEOUT, str(exc)) from exc
+    except CommandInterrupted:
+        raise  # the drill server was briefly unusable: no verdict on the backup, a DatabaseUnavailable (retry)
     except CommandFailed as exc:
         raise _Mismatch(Reason.RESTORE, f"{exc.program} exited with {exc.returncode}: {exc.stderr_tail}") from exc
     return compare_row_counts(scratch, manifest.tables, exhaustive=manifest.kind is BackupKind.FULL)
@@ -192,7 +198,8 @@ def verify_backup(
 
     Raises:
         StorageUnavailable: the store could not be read (says nothing about the backup; retry).
-        DatabaseUnavailable, DatabaseAuthenticationFailed: the drill server could not be used.
+        DatabaseUnavailable, DatabaseAuthenticationFailed, DatabaseRefused: the drill server could not be used.
+        UsageError: an org backup's tables do not fit the configured tenant tables.
     """
     started_at = clock()
     reason: Reason | None = None
