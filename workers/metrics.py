@@ -187,7 +187,8 @@ BACKUP_VERIFY_LAST_FAILURE = Gauge(
 )
 BACKUP_VERIFY_FAILURES = Counter(
     "ops_backup_verify_failures_total",
-    "Failed verifications, by kind and reason (checksum, decode, download, restore, row_count, timeout, server).",
+    "Failed verifications, by kind and reason (checksum, decode, download, restore, row_count, timeout, server,"
+    " drill_error).",
     ["kind", "reason"],
 )
 BACKUP_VERIFY_DURATION = Histogram(
