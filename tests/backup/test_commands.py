@@ -141,6 +141,31 @@ def test_enqueue_hands_the_job_to_the_backups_queue(
         assert client.llen("backups") == 1
 
 
+def test_enqueue_with_the_broker_down_is_one_line_and_exit_1(
+    base_env: dict[str, str], platform_db: PostgresTarget
+) -> None:
+    env = {**platform_env(base_env, platform_db), "OPS_BROKER_URL": f"redis://:pw-never-shown@127.0.0.1:{free_port()}/0"}
+    result = ops(env, "backup", "full", "--enqueue")
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error: broker") and "did not take backup.full" in result.stderr
+    assert "Traceback" not in result.stderr and "pw-never-shown" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_restore_refuses_system_databases_even_with_force(
+    base_env: dict[str, str], platform_db: PostgresTarget, pg: PgServer
+) -> None:
+    env = platform_env(base_env, platform_db)
+    manifest = json.loads(ops(env, "backup", "full", "--json").stdout)
+    for name in ("template1", "postgres", "template0"):
+        result = ops(env, "backup", "restore", manifest["id"], "--target-db", name, "--force")
+        assert result.returncode == 2, result.stderr
+        assert f"--target-db {name} is a system database" in result.stderr
+    template = pg.admin.with_dbname("template1")
+    assert pg.scalar(template, "select count(*) from pg_tables where schemaname = 'public'") == 0
+
+
 def test_check_probes_an_s3_store_through_the_store(base_env: dict[str, str], moto: MotoServer) -> None:
     bucket = moto.new_bucket()
     s3_env = {

@@ -10,7 +10,14 @@ import click
 from workers.backup.maintenance import verification_history, verification_index, verification_summary
 from workers.backup.manifest import Manifest
 from workers.backup.naming import BackupKind
-from workers.backup.operations import backup, backups, restore_backup, take_full_backup, take_org_backup
+from workers.backup.operations import (
+    backup,
+    backups,
+    enqueue_backup,
+    restore_backup,
+    take_full_backup,
+    take_org_backup,
+)
 from workers.backup.storage import open_store
 from workers.backup.stream import Progress
 from workers.backup.tenant import validate_organization_id
@@ -54,14 +61,11 @@ def _show_manifest(manifest: Manifest, as_json: bool) -> None:
 
 
 def _enqueue(settings: Settings, task: str, args: tuple[str, ...], as_json: bool) -> None:
-    # workers.app builds the production app when imported; only the --enqueue path needs an app.
-    from workers.app import create_app
-
-    result = create_app(settings).send_task(task, args=args)
+    task_id = enqueue_backup(settings, task, args)
     if as_json:
-        echo_json({"task": task, "task_id": result.id})
+        echo_json({"task": task, "task_id": task_id})
     else:
-        click.echo(f"{task} enqueued as task {result.id}")
+        click.echo(f"{task} enqueued as task {task_id}")
 
 
 @click.group("backup")

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import redis
+from kombu.exceptions import KombuError
 from psycopg import sql
 
 from workers import metrics
@@ -25,6 +27,7 @@ from workers.backup.stream import Progress
 from workers.backup.tenant import TenantOptions, create_org_backup, resolve_tables, validate_organization_id
 from workers.errors import (
     AlreadyRunning,
+    BrokerUnavailable,
     CommandFailed,
     CommandNotFound,
     CommandTimedOut,
@@ -38,6 +41,7 @@ from workers.errors import (
     UsageError,
     WorkersError,
 )
+from workers.redaction import redact_text
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -196,6 +200,33 @@ def backup(settings: Settings, backup_id: str) -> Manifest:
     return find_manifest(open_store(settings.backup), backup_id)
 
 
+# Never a restore target, --force or not.
+SYSTEM_DATABASES = frozenset({"postgres", "template0", "template1"})
+
+
+def enqueue_backup(settings: Settings, task: str, args: tuple[str, ...]) -> str:
+    """Hand a backup task (by wire name) to the workers; return its task id. `backup full|org --enqueue`.
+
+    Raises:
+        BrokerUnavailable: the broker did not take the message.
+    """
+    # workers.app builds the production app when imported; only this path needs an app.
+    from workers.app import create_app
+
+    app = create_app(settings)
+    try:
+        # Nothing waits for a result (the outcome is in the worker's log and metrics), so no result
+        # backend is touched; two quick retries, then a clear error instead of Celery's long ones.
+        sent = app.send_task(task, args=args, ignore_result=True, retry_policy={"max_retries": 2})
+    except (KombuError, redis.RedisError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"broker {redact_text(settings.broker_url.value)} did not take {task}: {redact_text(str(exc))}"
+        ) from exc
+    finally:
+        app.close()
+    return str(sent.id)
+
+
 def restore_backup(
     settings: Settings, backup_id: str, target_db: str, *, force: bool = False, progress: Progress | None = None
 ) -> RestoreResult:
@@ -210,6 +241,11 @@ def restore_backup(
     problem = database_name_problem(target_db)
     if problem is not None:
         raise UsageError(f"--target-db {target_db[:80]!r} is not a database name to restore into: {problem}")
+    if target_db in SYSTEM_DATABASES:
+        raise UsageError(
+            f"--target-db {target_db} is a system database (template1 is copied into every new database, "
+            "postgres is the maintenance database); restore into a database of its own"
+        )
     store = open_store(settings.backup)
     manifest = backup(settings, backup_id)
     target = source.with_dbname(target_db)
