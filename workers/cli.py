@@ -23,7 +23,7 @@ from workers.errors import ConfigError, UsageError, WorkersError
 from workers.exporter import BrokerLayout, exporter_sources, start_exporter
 from workers.incidents.commands import incidents, receiver, remediation
 from workers.incidents.credentials import Credentials
-from workers.incidents.playbooks import load_playbooks
+from workers.incidents.playbook_file import load_playbooks
 from workers.logs import configure_logging
 from workers.processes import (
     EXPORTER_VENV,

@@ -420,3 +420,6 @@ def test_the_org_sample_prefers_organizations_verified_longest_ago(
     assert org_sample(local_store, 5) == [never.id, verified.id]  # each organization once, at most 5
     also_never = take_org_backup(drill_settings, third, store=local_store)
     assert set(org_sample(local_store, 2)) == {never.id, also_never.id}
+    # Three organizations to cover within 1.5 days: two a day, whatever the configured minimum.
+    assert set(org_sample(local_store, 1, cycle_days=1.5)) == {never.id, also_never.id}
+    assert len(org_sample(local_store, 1, cycle_days=30)) == 1

@@ -7,13 +7,8 @@ from pathlib import Path
 import pytest
 
 from workers.errors import ConfigError, UnsafeParameter
-from workers.incidents.playbooks import (
-    DEFAULT_PLAYBOOKS,
-    load_playbooks,
-    matches,
-    parse_duration,
-    parse_playbooks,
-)
+from workers.incidents.playbook_file import DEFAULT_PLAYBOOKS, load_playbooks, parse_duration, parse_playbooks
+from workers.incidents.playbooks import matches
 from workers.incidents.templates import render
 
 VALID = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -214,8 +215,12 @@ def _count_verification(result: VerificationResult) -> None:
         metrics.BACKUP_VERIFY_FAILURES.labels(kind=result.kind, reason=str(result.reason)).inc()
 
 
-def org_sample(store: BackupStore, size: int) -> list[str]:
-    """Ids of the newest backup of up to `size` organizations, those verified longest ago (or never) first."""
+def org_sample(store: BackupStore, size: int, *, cycle_days: float | None = None) -> list[str]:
+    """Ids of the newest backup of up to `size` organizations, those verified longest ago (or never) first.
+
+    With cycle_days, the sample grows to what a daily run needs to verify every organization within
+    that many days, so retention always finds a verified backup to keep (and need not hold a series).
+    """
     newest: dict[str, KeyParts] = {}
     for parts, _ in _manifest_keys(store, BackupKind.ORG):
         series = f"{parts.database}/{parts.organization_id}"
@@ -232,15 +237,21 @@ def org_sample(store: BackupStore, size: int) -> list[str]:
             last_verified[series] = max(last_verified.get(series, stored.modified_at), stored.modified_at)
     never = datetime.min.replace(tzinfo=UTC)
     order = sorted(newest, key=lambda s: (last_verified.get(s, never), s))
+    if cycle_days is not None:
+        size = max(size, math.ceil(len(order) / cycle_days))
     return [newest[s].backup_id for s in order[:size]]
 
 
 def verify_org_sample(settings: Settings, *, store: BackupStore | None = None) -> list[VerificationResult]:
-    """Verify the newest backup of OPS_BACKUP_VERIFY_ORG_SAMPLE organizations; used by backup.verify_orgs."""
+    """Verify the newest backup of OPS_BACKUP_VERIFY_ORG_SAMPLE organizations (more when there are many);
+    used by backup.verify_orgs."""
     store = store if store is not None else open_store(settings.backup)
+    # Each organization verified at least twice per retention window: with a fixed 3 a day, 100
+    # organizations would wait 34 days, and retention would hold their unverified series.
+    cycle_days = settings.backup.retention_days / 2
     return [
         verify(settings, backup_id, BackupKind.ORG, store=store)
-        for backup_id in org_sample(store, settings.backup.verify_org_sample)
+        for backup_id in org_sample(store, settings.backup.verify_org_sample, cycle_days=cycle_days)
     ]
 
 

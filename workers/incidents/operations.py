@@ -25,8 +25,9 @@ from workers.incidents.lifecycle import (
     store_postmortem,
 )
 from workers.incidents.notify import build_channels
+from workers.incidents.playbook_file import load_playbooks
 from workers.incidents.playbook_source import LOGGED_PROBLEMS, PlaybookSource
-from workers.incidents.playbooks import Catalog, load_playbooks
+from workers.incidents.playbooks import Catalog
 from workers.incidents.postmortem import draft_postmortem, seen_firing
 from workers.incidents.rails import Rails
 from workers.incidents.runner import (

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from workers import metrics
 from workers.errors import ConfigError
-from workers.incidents.playbooks import DEFAULT_PLAYBOOKS, Catalog, load_playbooks, routing_only
+from workers.incidents.playbook_file import DEFAULT_PLAYBOOKS, load_playbooks, routing_only
+from workers.incidents.playbooks import Catalog
 
 log = logging.getLogger(__name__)
 
