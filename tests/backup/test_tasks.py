@@ -119,7 +119,8 @@ def test_an_unreachable_database_is_retried(
 
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, queues=["backups"], shutdown_timeout=30):
-            backup_full_task.delay()
+            # No result subscription: a pending AsyncResult collected after close_app() reconnects to Redis.
+            backup_full_task.apply_async(ignore_result=True)
             assert retries.wait(timeout=60), "the task was not retried"
     finally:
         close_app(app)
