@@ -44,6 +44,8 @@ def test_defaults_need_no_configuration() -> None:
         ("OPS_SCHEDULE_OPS_CHECK", "hourly", "OPS_SCHEDULE_OPS_CHECK: must be a crontab expression"),
         ("OPS_RECEIVER_ALLOW_NO_AUTH", "maybe", "OPS_RECEIVER_ALLOW_NO_AUTH: must be one of 1/0"),
         ("OPS_RECEIVER_BASIC_AUTH", "justauser", "OPS_RECEIVER_BASIC_AUTH: must be USER:PASSWORD"),
+        ("OPS_RECEIVER_BASIC_AUTH", "user:", "OPS_RECEIVER_BASIC_AUTH: must be USER:PASSWORD, neither part empty"),
+        ("OPS_FLOWER_BASIC_AUTH", ":secret", "OPS_FLOWER_BASIC_AUTH: must be USER:PASSWORD, neither part empty"),
         ("OPS_S3_SSE", "rot13", "OPS_S3_SSE: must be one of AES256, aws:kms, none"),
         ("OPS_S3_SSE", "aws:kms", "OPS_S3_KMS_KEY_ID: required when OPS_S3_SSE=aws:kms"),
         ("OPS_TENANT_COLUMN", "org_id; drop table x", "OPS_TENANT_COLUMN: must be a plain column name"),

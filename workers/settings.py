@@ -559,15 +559,19 @@ def _read_backup(r: _Reader) -> BackupSettings:
     )
 
 
+def _is_user_password(value: Secret | None) -> bool:
+    """None, or USER:PASSWORD with both parts given (an empty password would let anyone in)."""
+    if value is None:
+        return True
+    user, sep, password = value.value.partition(":")
+    return bool(sep and user and password)
+
+
 def _read_receiver(r: _Reader) -> ReceiverSettings:
     bind = r.bind("OPS_RECEIVER_BIND", "127.0.0.1:8080")
     token = r.secret("OPS_RECEIVER_TOKEN")
     basic_auth = r.secret("OPS_RECEIVER_BASIC_AUTH")
-    r.check(
-        "OPS_RECEIVER_BASIC_AUTH",
-        basic_auth is None or ":" in basic_auth.value,
-        "must be USER:PASSWORD",
-    )
+    r.check("OPS_RECEIVER_BASIC_AUTH", _is_user_password(basic_auth), "must be USER:PASSWORD, neither part empty")
     allow_no_auth = r.boolean("OPS_RECEIVER_ALLOW_NO_AUTH", False)
     alertmanager_url = r.optional("OPS_ALERTMANAGER_URL")
     if alertmanager_url is not None:
@@ -646,7 +650,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     r.check("OPS_VAR_DIR", not var_dir.exists() or var_dir.is_dir(), f"{var_dir} exists and is not a directory")
     state_url = r._convert("OPS_STATE_DATABASE_URL", Secret(f"sqlite:///{var_dir / 'state.db'}"), _sqlalchemy_url)
     flower_auth = r.secret("OPS_FLOWER_BASIC_AUTH")
-    r.check("OPS_FLOWER_BASIC_AUTH", flower_auth is None or ":" in flower_auth.value, "must be USER:PASSWORD")
+    r.check("OPS_FLOWER_BASIC_AUTH", _is_user_password(flower_auth), "must be USER:PASSWORD, neither part empty")
     settings = Settings(
         broker_url=Secret(broker_url),
         database=database,
