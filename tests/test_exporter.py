@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from tests.conftest import PgServer, subprocess_env
-from workers.app import PRIORITY_SEP, PRIORITY_STEPS, QUEUES, REDBEAT_KEY_PREFIX
+from workers.app import PRIORITY_SEP, PRIORITY_STEPS, QUEUES, REDBEAT_KEY_PREFIX, create_app
 from workers.exporter import BrokerLayout, exporter_sources, start_exporter
 from workers.settings import Bind, Settings
 
@@ -106,6 +107,33 @@ def test_unreachable_database_is_reported_not_fatal(ops_env: object, worker_app:
     assert samples[("ops_exporter_source_up", (("source", "database"),))] == 0
     assert samples[("ops_exporter_source_up", (("source", "broker"),))] == 1
     assert not any(name == "database_connections_active" for name, _ in samples)
+
+
+def test_an_unreachable_broker_leaves_the_other_metrics_served(ops_env: object) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings: Settings = ops_env(OPS_BROKER_URL=f"redis://127.0.0.1:{port}/0", OPS_EXPORTER_PING_TIMEOUT_S="0.2")  # type: ignore[operator]
+    app = create_app(settings, name="exporter-broker-down")
+    sources = exporter_sources(settings, app, LAYOUT)
+    server, thread = start_exporter(sources, Bind("127.0.0.1", 0))
+    try:
+        response = httpx.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        sources.broker.close()
+        app.close()
+    assert response.status_code == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    for source in ("broker", "workers"):
+        assert samples[("ops_exporter_source_up", (("source", source),))] == 0
+    assert ("system_memory_usage_percent", ()) in samples
 
 
 def test_exporter_command_serves_until_terminated(base_env: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ from wsgiref.simple_server import WSGIServer
 
 import redis
 from celery import Celery
+from kombu.exceptions import KombuError
 from prometheus_client import start_http_server
 
 from workers.errors import BrokerUnavailable
@@ -30,7 +31,8 @@ def ping_counter(app: Celery, timeout_s: float) -> Callable[[], int]:
     def count_workers() -> int:
         try:
             replies = app.control.ping(timeout=timeout_s)
-        except (redis.RedisError, OSError) as exc:
+        # kombu wraps a refused connection in its own OperationalError, which is not an OSError.
+        except (KombuError, redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"cannot ping workers: {exc}") from exc
         return len(replies or [])
 
