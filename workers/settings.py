@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -286,6 +287,8 @@ class _Reader:
                 value = float(raw)
             except ValueError:
                 raise ValueError("must be a number of seconds") from None
+            if not math.isfinite(value):
+                raise ValueError("must be a finite number of seconds")
             _check_range(value, minimum, None)
             return value
 
@@ -319,6 +322,14 @@ class _Reader:
             fields = raw.split()
             if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
                 raise ValueError("must be a crontab expression of five fields, e.g. '0 2 * * *'")
+            # Celery's own parser, so beat never meets a value it refuses (minute 61, weekday 9, 31 February).
+            from celery.schedules import crontab
+
+            minute, hour, day_of_month, month_of_year, day_of_week = fields
+            try:
+                crontab(minute, hour, day_of_week, day_of_month, month_of_year)
+            except ValueError as exc:
+                raise ValueError(f"is not a valid crontab expression: {exc}") from None
             return " ".join(fields)
 
         return self._convert(name, default, convert)

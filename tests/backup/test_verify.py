@@ -34,6 +34,7 @@ from workers.errors import (
     BackupNotFound,
     CommandInterrupted,
     CommandNotFound,
+    ConfigError,
     DatabaseAuthenticationFailed,
     UsageError,
 )
@@ -323,6 +324,19 @@ def test_a_drill_that_cannot_run_is_recorded_and_counted_as_a_drill_error(
     assert metric("ops_backup_verify_failures_total", kind=str(kind), reason="drill_error") == before + 1
     last_failure = metric("ops_backup_verify_last_failure_timestamp_seconds", kind=str(kind))
     assert last_failure >= stored.finished_at.timestamp() - 1
+
+
+def test_settings_missing_for_a_drill_record_no_verdict(
+    ops_env: Callable[..., Settings], drill_settings: Settings, local_store: LocalStore
+) -> None:
+    manifest = take_full_backup(drill_settings, store=local_store)
+    without_platform = ops_env()  # no OPS_DATABASE_URL: where would the throwaway database go?
+
+    with pytest.raises(ConfigError, match="OPS_DATABASE_URL"):
+        verify(without_platform, manifest.id, store=local_store)
+
+    assert verification_of(local_store, manifest) is None
+    assert state_rows(drill_settings) == []
 
 
 def test_an_unknown_backup_id_is_a_usage_error(local_store: LocalStore, drill_settings: Settings) -> None:

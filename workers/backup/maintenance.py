@@ -29,7 +29,15 @@ from workers.backup.verification import (
     write_verification,
 )
 from workers.backup.verify import DrillOptions, verify_backup
-from workers.errors import BackupInUse, BackupNotFound, ObjectNotFound, ServiceUnavailable, UsageError, WorkersError
+from workers.errors import (
+    BackupInUse,
+    BackupNotFound,
+    ConfigError,
+    ObjectNotFound,
+    ServiceUnavailable,
+    UsageError,
+    WorkersError,
+)
 from workers.settings import Settings
 from workers.state.db import create_state_engine, upgrade
 
@@ -143,9 +151,10 @@ def select_backup(store: BackupStore, selector: str, kind: BackupKind | None) ->
     return read_manifest(store, newest)
 
 
-# Raised by a drill, and no verdict at all: a service outage (the task retries), or the backup is gone
-# or being deleted. Any other error of ours means the drill could not run, and is recorded as such.
-_NOT_RECORDED = (ServiceUnavailable, BackupNotFound, BackupInUse)
+# Raised by a drill, and no verdict at all: a service outage (the task retries), the backup is gone or
+# being deleted, or this process's settings are incomplete (exit 2: the command was wrong, not the
+# backup). Any other error of ours means the drill could not run, and is recorded as such.
+_NOT_RECORDED = (ServiceUnavailable, BackupNotFound, BackupInUse, ConfigError)
 
 
 def verify(
