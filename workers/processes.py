@@ -6,7 +6,6 @@ This is an entry-point module: it hands environment variables to child processes
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -24,12 +23,12 @@ from typing import IO
 from celery.utils.nodenames import default_nodename, host_format
 
 from workers.errors import PortInUse, UsageError
+from workers.parent_death import die_with_parent
 from workers.settings import Bind
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 30.0  # how long each stop stage gets to finish after SIGTERM before SIGKILL
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,13 +132,6 @@ def exec_process(argv: Sequence[str], env: Mapping[str, str]) -> None:
     os.execve(argv[0], list(argv), {**os.environ, **env})
 
 
-def _die_with_parent() -> None:
-    # Linux: the child gets SIGTERM if the supervisor dies, even by SIGKILL, so nothing is orphaned.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    os.setpgrp()
-
-
 class Supervisor:
     """Start children, prefix their output, stop them all on SIGTERM/SIGINT or when one dies."""
 
@@ -169,7 +161,8 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                # The child gets SIGTERM if the supervisor dies, even by SIGKILL, so nothing is orphaned.
+                preexec_fn=die_with_parent(signal.SIGTERM, new_group=True),
             )
             self.procs[spec.name] = proc
             assert proc.stdout is not None

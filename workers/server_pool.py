@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from workers.parent_death import die_with_parent
 from workers.settings import Bind
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,10 @@ class ServerPool:
     def _start(self, slot: int) -> None:
         fd = self.sockets[slot].fileno()
         self.procs[slot] = subprocess.Popen(
-            list(self.argv_for_fd(fd)), env=self.env, pass_fds=(fd,), stdin=subprocess.DEVNULL
-        )
+            list(self.argv_for_fd(fd)), env=self.env, pass_fds=(fd,), stdin=subprocess.DEVNULL,
+            # A pool whose parent was SIGKILLed must not keep serving (and holding the port) on its own.
+            preexec_fn=die_with_parent(signal.SIGTERM),
+        )  # fmt: skip
         self.started_at[slot] = time.monotonic()
 
     def request_stop(self, *_: object) -> None:

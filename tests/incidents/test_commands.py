@@ -17,7 +17,8 @@ from sqlalchemy import Engine
 
 from tests.conftest import subprocess_env
 from workers.cli import cli, process_specs
-from workers.settings import Settings
+from workers.processes import require_free_port
+from workers.settings import Bind, Settings
 
 from .conftest import AUTH, TOKEN, incident_rows, load_case, queued_messages
 from .redis_server import free_port
@@ -190,6 +191,21 @@ def test_receiver_workers_share_connections_and_a_dead_one_is_replaced(
         children = parent.children()
         assert receiver.stop() == 0
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_receiver_workers_die_with_a_killed_parent(base_env: dict[str, str], state_url: str) -> None:
+    port = free_port()
+    receiver = ReceiverProcess(receiver_env(base_env, state_url, port, workers=2), workers=2)
+    try:
+        receiver.wait_started()
+        children = psutil.Process(receiver.proc.pid).children()
+        assert len(children) == 2
+        receiver.proc.kill()  # SIGKILL: the parent gets no chance to stop them
+        _gone, alive = psutil.wait_procs(children, timeout=STARTUP_TIMEOUT_S)
+        assert not alive, [c.pid for c in alive]
+    finally:
+        receiver.stop()
+    require_free_port(Bind("127.0.0.1", port), "OPS_RECEIVER_BIND")  # nothing holds the port any more
 
 
 def test_run_supervises_the_receiver(ops_env: Callable[..., Settings]) -> None:

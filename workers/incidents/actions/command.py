@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import os
 import re
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from workers.errors import ActionError, UnsafeParameter
 from workers.incidents.actions.base import (
@@ -23,6 +21,7 @@ from workers.incidents.actions.base import (
     text,
 )
 from workers.incidents.templates import render
+from workers.parent_death import die_with_parent
 
 OUTPUT_LIMIT_BYTES = 4000
 FIXED_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -30,23 +29,10 @@ WORKING_DIRECTORY = "/"
 # A label substituted into an argument must look like a name: no leading dash (an option), no
 # whitespace, no shell or path syntax. The command never runs through a shell anyway.
 SAFE_ARGUMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@=-]{0,127}")
-_PR_SET_PDEATHSIG = 1
 
 PARAMS: Mapping[str, Param] = {
     "command": Param(Kind.TEXT, required=True),  # a name from `commands:` in the playbooks file
 }
-
-
-@functools.cache
-def _die_with_parent() -> Callable[[], object]:
-    """The child's pre-exec hook: Linux kills the command when the worker process running it dies, even by SIGKILL.
-
-    libc is loaded and prctl looked up here, in the parent, once: between fork and exec the child
-    may only make the call. Loading a library there takes the loader's lock, which another thread of
-    the worker may have held at the moment of the fork, and the child would hang on it forever.
-    """
-    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    return functools.partial(prctl, _PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> int:
@@ -93,7 +79,7 @@ def run_command(params: Mapping[str, ParamValue], ctx: ActionContext) -> ActionR
                 # Its own session and process group (id = its pid): on a deadline the whole group is
                 # killed, so a command that forked (sh -c "a & b") leaves nothing running.
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(signal.SIGKILL),  # dies with the worker process running it
             )
         except OSError as exc:
             raise ActionError(f"command {name!r} could not start: {exc.strerror or exc}") from exc
