@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 
 from workers.backup.storage import DELETE_BATCH, ObjectReader, ObjectWriter, StoredObject
 from workers.errors import ObjectNotFound, StorageFull, StorageRefused, StorageUnavailable
+from workers.redaction import redact_text
 from workers.settings import S3Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def choose_part_size(size_hint_bytes: int | None, minimum_bytes: int = MIN_PART_
 
 
 def _translate(what: str, exc: Exception) -> Exception:
+    """Our error for a boto3 failure; botocore's messages repeat the endpoint URL, user:password@ included."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -62,13 +64,14 @@ def _translate(what: str, exc: Exception) -> Exception:
         if code == "EntityTooLarge":
             return StorageFull(f"{what}: object too large for the store ({code})")
         message = str(error.get("Message", ""))
-        return StorageRefused(f"{what}: S3 refused the request: {code or status} {message}".strip())
+        return StorageRefused(redact_text(f"{what}: S3 refused the request: {code or status} {message}".strip()))
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         # Missing credentials stay missing on every retry; say where boto3 looks for them.
         return StorageRefused(
-            f"{what}: {exc}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or give the host a role"
+            f"{what}: {redact_text(str(exc))}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE,"
+            " or give the host a role"
         )
-    return StorageUnavailable(f"{what}: S3 unreachable: {exc}")
+    return StorageUnavailable(f"{what}: S3 unreachable: {redact_text(str(exc))}")
 
 
 class _MultipartWriter:
