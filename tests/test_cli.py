@@ -131,6 +131,18 @@ def test_an_unreachable_state_database_is_one_line_and_exit_1(base_env: dict[str
     assert "Traceback" not in result.stderr and "pw-never-shown" not in result.stderr
 
 
+@pytest.mark.parametrize("args", [("incidents", "list"), ("db", "upgrade"), ("check",)])
+def test_a_state_database_in_an_unwritable_place_is_one_line_and_exit_1(
+    base_env: dict[str, str], args: tuple[str, ...]
+) -> None:
+    env = {**base_env, "OPS_STATE_DATABASE_URL": "sqlite:////proc/ops-nowhere/state.db"}
+    result = ops(env, *args)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "cannot create /proc/ops-nowhere" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_worker_for_an_unknown_queue_is_refused(base_env: dict[str, str]) -> None:
     result = ops(base_env, "worker", "-Q", "incidents,nosuchqueue")
 

@@ -121,7 +121,7 @@ def _line(view: IncidentView) -> str:
 
 @incidents.command("list")
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only incidents in this state.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def list_command(status: str | None, limit: int, as_json: bool) -> None:
     """The most recent incidents, newest first."""

@@ -35,11 +35,21 @@ def create_state_engine(url: str, *, pre_ping: bool = True, pool_size: int = 5) 
 
     pre_ping=False saves a round trip per checkout; the caller must then retry on OperationalError
     (a pooled connection the server dropped fails once and is discarded).
+
+    Raises:
+        DatabaseUnavailable: the directory of a SQLite file cannot be created.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            parent = Path(parsed.database).parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(
+                    f"state database {parsed.database}: cannot create {parent} ({exc.strerror}); "
+                    "set OPS_VAR_DIR or OPS_STATE_DATABASE_URL to a writable place"
+                ) from None
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -71,7 +81,14 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         if lock_path is None:
             yield
             return
-        with lock_path.open("w") as handle:
+        try:
+            handle = lock_path.open("w")
+        except OSError as exc:
+            raise DatabaseUnavailable(
+                f"state database {database}: cannot write {lock_path} ({exc.strerror}); "
+                "set OPS_VAR_DIR or OPS_STATE_DATABASE_URL to a writable place"
+            ) from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
