@@ -154,7 +154,11 @@ def show_command(backup_id: str, as_json: bool) -> None:
 @backup_group.command("restore")
 @click.argument("backup_id")
 @click.option("--target-db", required=True, help="Database to restore into, on the platform's server.")
-@click.option("--force", is_flag=True, help="Allow the source database or a non-empty target.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Allow the source database or a non-empty target (full: objects in the backup replace their namesakes).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def restore_command(backup_id: str, target_db: str, force: bool, as_json: bool) -> None:
     """Restore a backup: full into a new or empty database, org into one with the schema.
