@@ -213,7 +213,7 @@ class AuditTrail:
                 )
             return RunClaim(RUNNING, 1, resumed=False)
         except IntegrityError:
-            pass
+            pass  # the run exists already (a redelivery or a duplicate): its row decides, read below
         with self.engine.begin() as conn:
             row = conn.execute(select(remediation_runs).where(remediation_runs.c.incident_id == incident_id)).one()
             if row.status != RUNNING:
