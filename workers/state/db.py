@@ -132,6 +132,20 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
+def migrate(url: str) -> str | None:
+    """Apply every pending migration to the state database at url; return its revision. For entry points
+    that migrate before starting processes, so that on a fresh var/ no two race to create the schema.
+
+    Raises:
+        DatabaseUnavailable: the state database could not be reached or migrated.
+    """
+    engine = create_state_engine(url)
+    try:
+        return upgrade(engine)
+    finally:
+        engine.dispose()
+
+
 def upgrade(engine: Engine) -> str | None:
     """Apply every pending migration; return the revision the database is now at.
 
